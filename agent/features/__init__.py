@@ -1,0 +1,1 @@
+"""Signal front-ends shared by training, evaluation and the device (numpy/scipy only)."""

@@ -1,0 +1,208 @@
+"""Congestion windows from one loop detector's speeds (numpy only), shared by training and device.
+
+Task: from the last ``history_steps`` readings (5-minute steps) forecast the speed
+``horizon_steps`` ahead and its state: 0 free (>= free_mph), 1 slowed, 2 congested
+(< congested_mph).
+
+Feature vector (length ``history_steps + 3``), all known at the last reading ("now"):
+- the history speeds divided by ``speed_scale``, oldest first;
+- sin and cos of the time of day of the last reading (a 24 h circle, so 23:55 is next
+  to 00:00);
+- a weekend flag (Saturday or Sunday). Not a weekday one-hot: a week of data holds each
+  weekday once, so seven one-hot columns could only memorise single days.
+
+Missing readings (NaN, zero or negative speed; loop detectors report 0 when they fail)
+and gaps in time break a window: offline, windows touching one are dropped; on the
+device, the ring buffer starts again. Both sides therefore see only gap-free histories.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+SECONDS_PER_DAY = 86400
+FREE, SLOWED, CONGESTED = 0, 1, 2
+STATES = ("free", "slowed", "congested")
+WEEKEND = (5, 6)  # Monday = 0
+
+
+class DetectorParamsError(ValueError):
+    """Detector front-end parameters that are invalid or come from another front-end."""
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    step_s: int = 300
+    history_steps: int = 12  # 60 min
+    horizon_steps: int = 3  # 15 min ahead
+    free_mph: float = 55.0
+    congested_mph: float = 35.0
+    speed_scale: float = 70.0  # about the top speed in the data: features land in [0, 1]
+
+    def __post_init__(self):
+        if self.step_s <= 0 or SECONDS_PER_DAY % self.step_s:
+            raise DetectorParamsError(f"step_s must divide a day ({SECONDS_PER_DAY} s), got {self.step_s}")
+        if self.history_steps < 1 or self.horizon_steps < 1:
+            raise DetectorParamsError(f"history_steps and horizon_steps must be >= 1, "
+                                      f"got {self.history_steps}, {self.horizon_steps}")
+        if not 0 < self.congested_mph < self.free_mph:
+            raise DetectorParamsError(f"need 0 < congested_mph < free_mph, got {self.congested_mph}, {self.free_mph}")
+        if self.speed_scale <= 0:
+            raise DetectorParamsError(f"speed_scale must be positive, got {self.speed_scale}")
+
+    @property
+    def steps_per_day(self) -> int:
+        return SECONDS_PER_DAY // self.step_s
+
+    @property
+    def n_features(self) -> int:
+        return self.history_steps + 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "detector", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectorParams:
+        """Exact inverse of to_dict: every field must be present, no unknown keys."""
+        d = dict(d)
+        kind = d.pop("kind", None)
+        if kind != "detector":
+            raise DetectorParamsError(f"front-end kind is {kind!r}, expected 'detector'")
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(d) - names), sorted(names - set(d))
+        if unknown:
+            raise DetectorParamsError(f"unknown detector parameter(s) {unknown}; known: {sorted(names)}")
+        if missing:
+            raise DetectorParamsError(f"missing detector parameter(s) {missing}")
+        return cls(**d)
+
+
+def speed_state(speed, params: DetectorParams = DetectorParams()):
+    """0 free (>= free_mph), 1 slowed (congested_mph up to free_mph), 2 congested (< congested_mph).
+
+    Works on a number (returns int) or an array (returns int64 array); NaN is refused.
+    """
+    s = np.asarray(speed, dtype=np.float64)
+    if np.isnan(s).any():
+        raise ValueError("speed_state of a missing (NaN) speed")
+    state = np.where(s >= params.free_mph, FREE, np.where(s >= params.congested_mph, SLOWED, CONGESTED))
+    return int(state) if state.ndim == 0 else state.astype(np.int64)
+
+
+def window_features(history_speeds, time_of_day_step: int, weekday: int,
+                    params: DetectorParams = DetectorParams()) -> np.ndarray:
+    """The feature vector (float32, ``params.n_features``) for one gap-free history ending now."""
+    h = np.asarray(history_speeds, dtype=np.float64)
+    if h.shape != (params.history_steps,):
+        raise ValueError(f"history must have shape ({params.history_steps},), got {h.shape}")
+    if not (np.isfinite(h).all() and (h > 0).all()):
+        raise ValueError(f"history has missing speeds (NaN or <= 0): {h.tolist()}")
+    _check_time(time_of_day_step, weekday, params)
+    sin, cos = _tod_circle(params.steps_per_day)
+    tail = [sin[time_of_day_step], cos[time_of_day_step], 1.0 if weekday in WEEKEND else 0.0]
+    return np.concatenate([h / params.speed_scale, tail]).astype(np.float32)
+
+
+def make_windows(series, tod, weekday, params: DetectorParams = DetectorParams()
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All gap-free windows of one detector: (X (M, F) float32, y_state (M,) int64,
+    y_speed (M,) float32 in mph, t_index (M,) int64 = row of the last history reading).
+
+    Vectorised; tests prove each row equals ``window_features`` for that window.
+    """
+    s = np.asarray(series, dtype=np.float64)
+    tod, weekday = np.asarray(tod, dtype=np.int64), np.asarray(weekday, dtype=np.int64)
+    if s.ndim != 1 or tod.shape != s.shape or weekday.shape != s.shape:
+        raise ValueError(f"series, tod and weekday must be 1-D of one length, "
+                         f"got {s.shape}, {tod.shape}, {weekday.shape}")
+    if tod.size and (tod.min() < 0 or tod.max() >= params.steps_per_day or weekday.min() < 0 or weekday.max() > 6):
+        raise ValueError(f"tod must be in [0, {params.steps_per_day}) and weekday in [0, 6]")
+    H, K = params.history_steps, params.horizon_steps
+    span = H + K  # readings a training window touches: history plus the target
+    n_features = params.n_features
+    if s.size < span:
+        return (np.zeros((0, n_features), np.float32), np.zeros(0, np.int64),
+                np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    ok = np.isfinite(s) & (s > 0)
+    # A step follows its predecessor when its absolute step in the week is one more.
+    week_steps = 7 * params.steps_per_day
+    absolute = weekday * params.steps_per_day + tod
+    follows = np.concatenate([[False], (np.diff(absolute) % week_steps) == 1])
+    starts = np.arange(s.size - span + 1)
+    valid = np.lib.stride_tricks.sliding_window_view(ok, span).all(axis=1)
+    # The first reading of a window need not follow anything; the other span-1 must.
+    valid &= np.lib.stride_tricks.sliding_window_view(follows[1:], span - 1).all(axis=1)
+    starts = starts[valid]
+
+    t_index = starts + H - 1
+    history = s[starts[:, None] + np.arange(H)]
+    sin, cos = _tod_circle(params.steps_per_day)
+    weekend = np.isin(weekday[t_index], WEEKEND).astype(np.float64)
+    X = np.concatenate([history / params.speed_scale, sin[tod[t_index], None], cos[tod[t_index], None],
+                        weekend[:, None]], axis=1).astype(np.float32)
+    y_speed = s[t_index + K]
+    return X, speed_state(y_speed, params).reshape(-1), y_speed.astype(np.float32), t_index.astype(np.int64)
+
+
+class DetectorWindow:
+    """Device-side ring buffer: push readings one at a time, get features once the history is full.
+
+    A missing reading (None, NaN, <= 0) or a reading that does not follow the previous one
+    in time empties the buffer, exactly as make_windows drops windows across gaps.
+    """
+
+    def __init__(self, params: DetectorParams = DetectorParams()):
+        self.params = params
+        self._speeds: deque[float] = deque(maxlen=params.history_steps)
+        self._last: int | None = None  # absolute step in the week of the last reading kept
+
+    def reset(self) -> None:
+        self._speeds.clear()
+        self._last = None
+
+    @property
+    def ready(self) -> bool:
+        return len(self._speeds) == self.params.history_steps
+
+    def push(self, speed: float | None, time_of_day_step: int, weekday: int) -> np.ndarray | None:
+        """Add the reading taken at this step; the feature vector when the history is full, else None."""
+        p = self.params
+        _check_time(time_of_day_step, weekday, p)
+        now = weekday * p.steps_per_day + time_of_day_step
+        missing = speed is None or not np.isfinite(speed) or speed <= 0
+        follows = self._last is not None and (now - self._last) % (7 * p.steps_per_day) == 1
+        if missing or not follows:
+            self.reset()
+        if missing:
+            return None
+        self._speeds.append(float(speed))
+        self._last = now
+        if not self.ready:
+            return None
+        return window_features(np.fromiter(self._speeds, np.float64, p.history_steps),
+                               time_of_day_step, weekday, p)
+
+
+@lru_cache(maxsize=4)
+def _tod_circle(steps_per_day: int) -> tuple[np.ndarray, np.ndarray]:
+    """sin and cos of every step of the day, from one table: a scalar np.sin and a vectorised
+    one may differ in the last bit, and device and training must agree exactly."""
+    angle = 2.0 * np.pi * np.arange(steps_per_day) / steps_per_day
+    sin, cos = np.sin(angle), np.cos(angle)
+    sin.flags.writeable = cos.flags.writeable = False
+    return sin, cos
+
+
+def _check_time(time_of_day_step: int, weekday: int, params: DetectorParams) -> None:
+    if not isinstance(time_of_day_step, (int, np.integer)) or not isinstance(weekday, (int, np.integer)):
+        raise ValueError(f"time_of_day_step and weekday must be integers, got {time_of_day_step!r}, {weekday!r}")
+    if not 0 <= time_of_day_step < params.steps_per_day:
+        raise ValueError(f"time_of_day_step must be in [0, {params.steps_per_day}), got {time_of_day_step}")
+    if not 0 <= weekday <= 6:
+        raise ValueError(f"weekday must be in [0, 6] (Monday = 0), got {weekday}")

@@ -1,0 +1,130 @@
+"""Image front-end for the vehicle classifier (numpy + Pillow), shared by training and device.
+
+Defaults, for the 100 x 100 roadside crops:
+- size 64 x 64: the crops are tiny and low quality already, so 64 keeps most of what is
+  there while costing 0.44x the pixels (and convolution FLOPs) of 96 x 96 on the device.
+  Raise it in the recipe if accuracy needs it; the value travels with the model.
+- bilinear resize through Pillow, which widens its filter when shrinking (antialiased).
+- ImageNet mean/std: data-independent (no leak from a validation split, nothing to redo
+  when the split changes) and right for an ImageNet-pretrained backbone. The vehicle crops
+  measure mean (0.52, 0.54, 0.54), std (0.19, 0.19, 0.18), so inputs come out near zero
+  mean with std about 0.8: close enough for batch norm.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_RESIZE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "area": Image.Resampling.BOX,
+}
+
+
+class ImageDecodeError(ValueError):
+    """Bytes or a file that is not a decodable image; the message says which and why."""
+
+
+class ImageParamsError(ValueError):
+    """Image front-end parameters that are invalid or come from another front-end."""
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    size: tuple[int, int] = (64, 64)  # (height, width) after resizing
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channels_first: bool = True  # (3, H, W) as torch/ONNX expect; False gives (H, W, 3)
+    resize: str = "bilinear"
+
+    def __post_init__(self):
+        size, mean, std = tuple(self.size), tuple(self.mean), tuple(self.std)
+        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+            raise ImageParamsError(f"size must be two positive ints (height, width), got {self.size!r}")
+        if len(mean) != 3 or len(std) != 3:
+            raise ImageParamsError(f"mean and std need 3 values (R, G, B), got mean={self.mean!r} std={self.std!r}")
+        if not all(s > 0 for s in std):
+            raise ImageParamsError(f"std must be positive, got {self.std!r}")
+        if self.resize not in _RESIZE:
+            raise ImageParamsError(f"resize {self.resize!r} unknown; use one of {sorted(_RESIZE)}")
+        # Lists from JSON become tuples so that params stay hashable and compare equal.
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "mean", tuple(float(m) for m in mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in std))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"kind": "image", **{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageParams:
+        """Exact inverse of to_dict: every field must be present, no unknown keys."""
+        d = dict(d)
+        kind = d.pop("kind", None)
+        if kind != "image":
+            raise ImageParamsError(f"front-end kind is {kind!r}, expected 'image'")
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(d) - names), sorted(names - set(d))
+        if unknown:
+            raise ImageParamsError(f"unknown image parameter(s) {unknown}; known: {sorted(names)}")
+        if missing:
+            raise ImageParamsError(f"missing image parameter(s) {missing}")
+        return cls(**d)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        h, w = self.size
+        return (3, h, w) if self.channels_first else (h, w, 3)
+
+
+def decode_image(data: bytes | str | Path) -> np.ndarray:
+    """Decode JPEG/PNG/... bytes (or a file) to uint8 RGB (H, W, 3); grey and alpha are converted."""
+    if isinstance(data, (str, Path)):
+        what = str(data)
+        try:
+            data = Path(data).read_bytes()
+        except OSError as e:
+            raise ImageDecodeError(f"cannot read image {what}: {e.strerror or e}") from e
+    else:
+        what = f"{len(data)} bytes of image data"
+    if len(data) == 0:
+        raise ImageDecodeError(f"cannot decode {what}: empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # decode now: a truncated JPEG only fails here
+            rgb = im.convert("RGB")
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError(f"cannot decode {what}: not a recognised image format") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"cannot decode {what}: {e}") from e
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def preprocess(img: np.ndarray, params: ImageParams = ImageParams()) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32 resized to ``params.size``, scaled to [0, 1], normalised."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {img.dtype} {img.shape}")
+    h, w = params.size
+    if img.shape[:2] != (h, w):
+        img = np.asarray(Image.fromarray(img).resize((w, h), _RESIZE[params.resize]))
+    x = img.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(params.mean, np.float32)) / np.asarray(params.std, np.float32)
+    if params.channels_first:
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def load_image(path: str | Path, params: ImageParams = ImageParams()) -> np.ndarray:
+    """decode_image then preprocess: the one path from a file to a model input."""
+    return preprocess(decode_image(path), params)

@@ -1,0 +1,58 @@
+"""ONNX export with the feature contract inside the file.
+
+The contract (task, labels, front-end, clip/window length, version) is stored both
+in the ONNX ``metadata_props`` and in the manifest beside the file, so a model
+copied without its manifest still says what it expects.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+OPSET = 17  # supported by onnxruntime >= 1.12 and by TensorRT 8.6 / 10 (JetPack 5 and 6)
+CONTRACT_KEY = "roadside.contract"
+
+
+class _FirstOutput(nn.Module):
+    """Models that return (logits, extras) export only their logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, contract: dict[str, Any],
+                dynamic_batch: bool = True) -> Path:
+    """Export ``model`` in eval mode to ``path`` (input ``features``, output ``logits``)."""
+    wrapper = _FirstOutput(model).eval()  # a fresh wrapper is in train mode: BN would use batch stats
+    axes = {"features": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter about tracing, not about this model
+        # The TorchScript exporter gives a plain, stable graph that onnxruntime's
+        # quantiser and TensorRT's parser both take as is.
+        torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["features"], output_names=["logits"], dynamic_axes=axes)
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=CONTRACT_KEY, value=json.dumps(contract, sort_keys=True))
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+def read_contract(path: Path) -> dict[str, Any] | None:
+    for prop in onnx.load(str(path), load_external_data=False).metadata_props:
+        if prop.key == CONTRACT_KEY:
+            return json.loads(prop.value)
+    return None

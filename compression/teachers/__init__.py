@@ -1,0 +1,1 @@
+"""Teacher networks (PyTorch) and their fine-tuning."""
