@@ -196,6 +196,19 @@ def mel_basis(params: LogMelParams) -> np.ndarray:
     return basis
 
 
+def band_centres_hz(params: LogMelParams) -> np.ndarray:
+    """Centre frequency of each mel band (Hz), float64: where a band sits, to line up two front-ends."""
+    mel_low, mel_high = _mel(params.fmin), _mel(params.fmax)
+    centres = mel_low + (np.arange(params.n_mels) + 1) * (mel_high - mel_low) / (params.n_mels + 1)
+    return 700.0 * (np.exp(centres / 1127.0) - 1.0)
+
+
+def frame_centres_s(params: LogMelParams, n_frames: int) -> np.ndarray:
+    """Time (s) at the centre of each frame, relative to the first input sample."""
+    offset = 0.0 if params.center else params.win_length / 2
+    return (np.arange(n_frames) * params.hop_length + offset) / params.sample_rate
+
+
 @lru_cache(maxsize=16)
 def _sparse_basis(params: LogMelParams) -> sparse.csr_array:
     # Each FFT bin feeds at most two bands, so the matrix is ~99 % zeros: a sparse product
