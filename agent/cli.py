@@ -28,6 +28,34 @@ def _cmd_teacher_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from compression import gate, pipeline
+
+    overrides = dict(_parse_set(kv) for kv in args.set or [])
+    try:
+        report = pipeline.run(Path(args.recipe), args.data, Path(args.out) if args.out else None,
+                              Path(args.work) if args.work else None, **overrides)
+    except gate.GateFailed as e:
+        print(f"roadside: {e}", file=sys.stderr)
+        return 3
+    s = report["stages"]
+    for name, st in s.items():
+        lat = st.get("latency", {}).get("total_ms")
+        print(f"{name:14s} accuracy {st['accuracy']:.4f}  macro-F1 {st['macro_f1']:.4f}  params {st['params']:>7d}  "
+              f"{st['macs_per_second'] / 1e6:6.2f} M MACs/s" + (f"  {lat:.3f} ms per s of audio" if lat else ""))
+    print(f"gate passed; shipped {report['shipped']}")
+    return 0
+
+
+def _parse_set(kv: str) -> tuple[str, object]:
+    import yaml
+
+    if "=" not in kv:
+        raise ValueError(f"--set takes KEY=VALUE (dotted key), got {kv!r}")
+    key, value = kv.split("=", 1)
+    return key, yaml.safe_load(value)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from compression.evaluate import evaluate
 
@@ -45,6 +73,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(duration=args.duration, data=args.data)
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runtime import Agent
+
+    cfg = load_config(args.config)  # refused whole before anything starts
+    return Agent(cfg, args.config).run()
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from .config import config_hash, load_config
+
+    cfg = load_config(args.file)
+    print(f"{args.file}: ok (device {cfg.device.id}, config hash {config_hash(cfg)})")
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .sources.replay import replay
+
+    if not (args.audio or args.images or args.detectors):
+        raise ValueError("replay needs at least one of --audio, --images, --detectors")
+    p = lambda v: Path(v) if v else None  # noqa: E731
+    sent = replay(args.broker, args.device, p(args.audio), p(args.images), p(args.detectors), rate=args.rate,
+                  prefix=args.prefix, sample_rate=args.sample_rate, chunk_ms=args.chunk_ms, qos=args.qos)
+    print(json.dumps({"sent_bytes": sent}))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +124,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="override the recipe's epochs")
     train.add_argument("--max-clips", type=int, help="use only N clips per split (smoke runs)")
     train.set_defaults(func=_cmd_teacher_train)
+
+    comp = sub.add_parser("compress", help="distil, prune, quantise and export a student (needs torch)")
+    comp.add_argument("--recipe", required=True, help="recipe YAML, e.g. compression/recipes/noise.yaml")
+    comp.add_argument("--data", help="data directory (default: $ROADSIDE_DATA or ../shared/data)")
+    comp.add_argument("--out", help="shipped folder (default agent/models/<task>)")
+    comp.add_argument("--work", help="intermediate checkpoints (default runs/<name>)")
+    comp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="override a recipe key, e.g. --set distil.epochs=1 (validated like the file)")
+    comp.set_defaults(func=_cmd_compress)
+
+    agent = sub.add_parser("agent", help="run the edge agent (sensors in over MQTT, alerts out)")
+    agent.add_argument("--config", required=True, help="device config, e.g. firmware_configs/test.yaml")
+    agent.set_defaults(func=_cmd_agent)
+
+    config = sub.add_parser("config", help="device configs")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="validate a device config and exit (nothing is started)")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_config_check)
+
+    rp = sub.add_parser("replay", help="publish recordings to a device's broker as its sensors would")
+    rp.add_argument("--broker", required=True, help="HOST:PORT of the device's local broker")
+    rp.add_argument("--device", required=True, help="device id (topic level)")
+    rp.add_argument("--audio", help="WAV/FLAC file or folder (played as microphone mic0)")
+    rp.add_argument("--images", help="folder of JPEG/PNG crops (played as camera cam0)")
+    rp.add_argument("--detectors", help="detector CSV (long ts,sensor,speed_mph or wide like los_speed.csv)")
+    rp.add_argument("--rate", type=float, default=1.0, help="1 = real time (default), 4 = 4x faster, 0 = flat out")
+    rp.add_argument("--prefix", default="sensors", help="topic prefix (default sensors)")
+    rp.add_argument("--sample-rate", type=int, default=16000, help="microphone rate to send (default 16000)")
+    rp.add_argument("--chunk-ms", type=int, default=100, help="audio chunk length (default 100)")
+    rp.add_argument("--qos", type=int, choices=[0, 1], default=1)
+    rp.set_defaults(func=_cmd_replay)
 
     ev = sub.add_parser("eval", help="score a model (.pt checkpoint or .onnx + manifest) on a data folder")
     ev.add_argument("--model", required=True)

@@ -30,7 +30,7 @@ class Scorer:
     task: str
     labels: list[str]
     frontend: dict
-    clip_seconds: float
+    window_seconds: float
     logits: Callable[[np.ndarray], np.ndarray]  # (B, 1, F, T) float32 -> (B, C)
     sha256: str
     kind: str  # "torch" | "onnx"
@@ -47,7 +47,7 @@ def load_scorer(path: Path | str, threads: int = 1) -> Scorer:
         contract = load_contract(path)
         backend = OnnxBackend(path, threads=threads)
         return Scorer(contract.task, list(contract.labels), contract.frontend,
-                      contract.clip_seconds or 4.0, backend, contract.sha256, "onnx")
+                      contract.window_seconds, backend, contract.sha256, "onnx")
     if path.suffix == ".pt":
         import torch
 
@@ -55,26 +55,37 @@ def load_scorer(path: Path | str, threads: int = 1) -> Scorer:
 
         torch.set_num_threads(threads)
         model, cfg = load_checkpoint(path)
-
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return model(torch.from_numpy(x))[0].numpy()
-
-        return Scorer(cfg["task"], list(cfg["labels"]), cfg["frontend"], cfg["clip_seconds"], run,
-                      sha256_file(path), "torch")
+        return torch_scorer(model, cfg["task"], list(cfg["labels"]), cfg["frontend"], cfg["window_seconds"],
+                            sha256_file(path))
     raise ValueError(f"{path}: unknown model type {path.suffix!r} (expected .pt or .onnx)")
 
 
-def evaluate_noise(scorer: Scorer, data: Path, batch: int = 32) -> dict:
-    """Clips named like UrbanSound8K's, in fold folders of any name or directly in ``data``."""
+def torch_scorer(model, task: str, labels: list[str], frontend: dict, window_seconds: float,
+                 sha256: str = "") -> Scorer:
+    """A PyTorch model in memory (any stage of the chain) as a Scorer."""
+    import torch
+
+    model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(x))
+        return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
+
+    return Scorer(task, labels, frontend, window_seconds, run, sha256, "torch")
+
+
+def evaluate_noise(scorer: Scorer, data: Path, batch: int = 32, clips: list | None = None) -> dict:
+    """Clips named like UrbanSound8K's, in fold folders of any name or directly in ``data``
+    (or exactly ``clips``), scored with the front-end the model's contract names."""
     params = LogMelParams.from_dict(scorer.frontend)
-    clips = urbansound.list_clips(data)
+    clips = urbansound.list_clips(data) if clips is None else clips
     if not clips:
         raise ValueError(f"no clips named like UrbanSound8K's (fsID-classID-occurrence-slice.flac) in {data}")
     scores, kept, skipped = [], [], 0
     for i in range(0, len(clips), batch):
         waves, ok, n_bad = urbansound.load_clips(clips[i:i + batch], sample_rate=params.sample_rate,
-                                                 seconds=scorer.clip_seconds, progress=False)
+                                                 seconds=scorer.window_seconds, progress=False)
         skipped += n_bad
         if not ok:
             continue
@@ -90,6 +101,7 @@ def evaluate_noise(scorer: Scorer, data: Path, batch: int = 32) -> dict:
     result["per_fold"] = {f or ".": float((pred[[c.fold == f for c in kept]] ==
                                            y[[c.fold == f for c in kept]]).mean()) for f in folds}
     result["skipped"] = skipped
+    result["logits"] = logits  # for agreement between stages; dropped from the CLI's JSON
     return result
 
 
@@ -104,6 +116,7 @@ def evaluate(model: Path | str, data: Path | str | None, threads: int = 1) -> di
         raise ValueError(f"{model}: no evaluator for task {scorer.task!r} (known: {sorted(EVALUATORS)})")
     root = DATA_ROOTS[scorer.task](data)
     metrics = EVALUATORS[scorer.task](scorer, root)
+    metrics.pop("logits", None)
     head = {"task": scorer.task, "n": metrics.pop("n"), "accuracy": metrics.pop("accuracy"),
             "macro_f1": metrics.pop("macro_f1"), "per_class": metrics.pop("per_class")}
     return {**head, **metrics, "model": str(model), "model_kind": scorer.kind,

@@ -65,3 +65,24 @@ def plot_curves(history: list[dict[str, float]], path: Path, title: str) -> Path
 def write_json(obj: Any, path: Path) -> Path:
     path.write_text(json.dumps(obj, indent=2) + "\n")
     return path
+
+
+def plot_accuracy_latency(stages: dict[str, dict], path: Path, title: str) -> Path:
+    """Accuracy against end-to-end ms per second of audio (front-end + model, one thread), per stage."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, s in stages.items():
+        if "latency" not in s:
+            continue
+        x, y = s["latency"]["total_ms"], 100 * s["accuracy"]
+        ax.scatter(x, y, s=30 + s["params"] / 5000)
+        ax.annotate(f"{name}\n{s['params'] / 1000:.0f}K params", (x, y), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("ms per second of audio (front-end + model, 1 thread)")
+    ax.set_ylabel("accuracy on the validation fold (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

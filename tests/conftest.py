@@ -43,3 +43,4 @@ def mn04_dir(data_dir: Path) -> Path:
     if not (d / "mn04_as_mAP_432.pt").is_file():
         pytest.skip(f"mn04 checkpoint not found in {d}")
     return d
+pytest_plugins = ["agent_fixtures"]  # edge agent fixtures (noise model, brokers)

@@ -17,13 +17,13 @@ def artefact(tmp_path):
     model = tmp_path / "model.onnx"
     model.write_bytes(b"not really onnx, but bytes with a hash")
     write_manifest(tmp_path, stage="export", files=[model], inputs={}, recipe={"a": 1}, data_lists={},
-                   extra={"task": "noise", "labels": ["x", "y"], "frontend": FRONTEND, "clip_seconds": 1.0})
+                   extra={"task": "noise", "labels": ["x", "y"], "frontend": FRONTEND, "window_seconds": 1.0})
     return model
 
 
 def test_intact_artefact_loads_with_its_contract(artefact):
     c = load_contract(artefact)
-    assert (c.task, c.labels, c.frontend, c.clip_seconds) == ("noise", ("x", "y"), FRONTEND, 1.0)
+    assert (c.task, c.labels, c.frontend, c.window_seconds) == ("noise", ("x", "y"), FRONTEND, 1.0)
     assert verify_files(artefact.parent / "manifest.json") == []
 
 

@@ -74,7 +74,7 @@ def test_cached_logits_are_the_checkpoints_own(smoke_teacher, data_dir):
     model, cfg = load_checkpoint(smoke_teacher / "teacher.pt")
     cache = np.load(smoke_teacher / "teacher_logits.npz")
     paths = cache["val_paths"][:3]
-    x = np.stack([log_mel(load_clip(data_dir / "urbansound8k" / p, 32000, cfg["clip_seconds"]), TEACHER_LOGMEL)
+    x = np.stack([log_mel(load_clip(data_dir / "urbansound8k" / p, 32000, cfg["window_seconds"]), TEACHER_LOGMEL)
                   for p in paths])[:, None]
     with torch.inference_mode():
         logits = model(torch.from_numpy(x))[0].numpy()
@@ -98,7 +98,7 @@ def test_onnx_export_scores_like_the_checkpoint(smoke_teacher, flat_clips, tmp_p
 
     model, cfg = load_checkpoint(smoke_teacher / "teacher.pt")
     contract = {"task": "noise", "labels": cfg["labels"], "frontend": cfg["frontend"],
-                "clip_seconds": cfg["clip_seconds"]}
+                "window_seconds": cfg["window_seconds"]}
     onnx_path = export_onnx(model, torch.zeros(1, 1, TEACHER_LOGMEL.n_mels, 400), tmp_path / "teacher.onnx", contract)
     write_manifest(tmp_path, stage="export", files=[onnx_path], inputs={}, recipe={}, data_lists={}, extra=contract)
     assert read_contract(onnx_path) == contract

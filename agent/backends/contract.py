@@ -26,7 +26,7 @@ class Contract:
     labels: tuple[str, ...]
     frontend: dict[str, Any]
     sha256: str
-    clip_seconds: float | None = None
+    window_seconds: float  # audio the model sees per inference (the device's window length)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -50,7 +50,7 @@ def load_contract(model_path: Path | str) -> Contract:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as e:
         raise ContractError(f"{manifest_path}: not valid JSON ({e})") from None
-    for key in ("task", "labels", "frontend", "files"):
+    for key in ("task", "labels", "frontend", "window_seconds", "files"):
         if key not in manifest:
             raise ContractError(f"{manifest_path}: missing key {key!r}")
     entry = manifest["files"].get(model_path.name)
@@ -61,7 +61,7 @@ def load_contract(model_path: Path | str) -> Contract:
         raise ContractError(f"{model_path}: sha256 {actual[:12]}... does not match manifest "
                             f"files.{model_path.name}.sha256 {str(entry.get('sha256'))[:12]}...: damaged or altered")
     return Contract(model_path=model_path, task=manifest["task"], labels=tuple(manifest["labels"]),
-                    frontend=manifest["frontend"], sha256=actual, clip_seconds=manifest.get("clip_seconds"),
+                    frontend=manifest["frontend"], sha256=actual, window_seconds=float(manifest["window_seconds"]),
                     extra=manifest)
 
 

@@ -32,7 +32,7 @@ from .mn04 import CHECKPOINT_SHA256, MN, load_pretrained
 from .recipe import TeacherRecipe
 
 log = logging.getLogger(__name__)
-CLIP_SECONDS = 4.0
+WINDOW_SECONDS = 4.0
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "noise_teacher.yaml"
 CHECKPOINT_FORMAT = "roadside-teacher/1"
 
@@ -40,7 +40,7 @@ CHECKPOINT_FORMAT = "roadside-teacher/1"
 def clip_features(clips: list[urbansound.Clip], desc: str) -> tuple[torch.Tensor, torch.Tensor, list]:
     """Teacher log-mels (B, 1, 128, T) and labels for the clips that could be read."""
     waves, kept, skipped = urbansound.load_clips(clips, sample_rate=TEACHER_LOGMEL.sample_rate,
-                                                 seconds=CLIP_SECONDS)
+                                                 seconds=WINDOW_SECONDS)
     if skipped:
         log.warning("%s: %d unreadable clips skipped", desc, skipped)
     feats = [log_mel(w, TEACHER_LOGMEL) for w in tqdm(waves, desc=f"log-mel {desc}", unit="clip")]
@@ -56,7 +56,7 @@ def save_checkpoint(model: MN, path: Path, labels: list[str]) -> None:
         "task": "noise",
         "labels": list(labels),
         "frontend": TEACHER_LOGMEL.to_dict(),
-        "clip_seconds": CLIP_SECONDS,
+        "window_seconds": WINDOW_SECONDS,
         "state_dict": model.state_dict(),
     }, path)
 
@@ -161,7 +161,7 @@ def run(data: str | Path | None, out: Path, recipe_path: Path | None = None, **o
         data_lists={"train": urbansound.data_list_sha256(train_clips, us_root),
                     "val": urbansound.data_list_sha256(val_clips, us_root)},
         extra={"task": "noise", "labels": labels, "frontend": TEACHER_LOGMEL.to_dict(),
-               "clip_seconds": CLIP_SECONDS,
+               "window_seconds": WINDOW_SECONDS,
                "params": sum(p.numel() for p in model.parameters()),
                "metrics": {"accuracy": final["accuracy"], "macro_f1": final["macro_f1"]}},
     )

@@ -1,0 +1,205 @@
+"""A thin MQTT connection shared by the sensor source and the uplink (paho-mqtt underneath).
+
+What it adds to paho: a connection that is only "connected" after a successful CONNACK
+(a refused one is an ``MqttError`` with its reason code, never "connected"); a timeout on
+every wait; reconnection with exponential backoff and full jitter (each wait uniform in
+[0, min(max, initial * 2**attempt)], so a city's poles do not reconnect in lock-step after
+a broker restart); subscriptions remade on every connect; MQTT 5 with a fall back to 3.1.1
+when the broker refuses the protocol level; and a watchdog: the supervisor drops and
+remakes the connection when paho's network thread has died or the owner reports a stall
+(the uplink: a PUBACK overdue). Each connection attempt uses a fresh paho client, so no
+half-sent state from a dead connection is replayed behind the owner's back.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from .config import BackoffConfig, BrokerConfig
+
+log = logging.getLogger(__name__)
+PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
+# CONNACK codes meaning "I do not speak this protocol level" (v5: 0x84; 3.1.1: 1).
+_BAD_PROTOCOL = {132, 1}
+
+
+class MqttError(RuntimeError):
+    """A refused or failed MQTT operation: ``[code:N] what: reason``."""
+
+    def __init__(self, code: int, reason: str, what: str):
+        self.code, self.reason = code, reason
+        super().__init__(f"[code:{code}] {what}: {reason}")
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+def backoff_delay(attempt: int, cfg: BackoffConfig, rng: random.Random = random) -> float:
+    """Full jitter: uniform in [0, min(max_s, initial_s * 2**attempt)]."""
+    return rng.uniform(0.0, min(cfg.max_s, cfg.initial_s * (2 ** min(attempt, 30))))
+
+
+class Connection:
+    def __init__(self, name: str, broker: BrokerConfig, client_id: str, *, protocol: str = "auto",
+                 backoff: BackoffConfig = BackoffConfig(), will: Will | Callable[[], Will] | None = None,
+                 on_message: Callable[[paho.MQTTMessage], None] | None = None,
+                 on_connect: Callable[[], None] | None = None,
+                 on_publish: Callable[[int, bool], None] | None = None,
+                 stalled: Callable[[], bool] | None = None):
+        self.name, self.broker, self.client_id = name, broker, client_id
+        self.protocol, self.backoff, self.will = protocol, backoff, will
+        self.on_message, self.on_connect_cb, self.on_publish_cb, self.stalled = on_message, on_connect, on_publish, stalled
+        self.connected = threading.Event()
+        self.protocol_in_use: str | None = None
+        self.last_error: MqttError | None = None
+        self.connects = 0  # successful connections, for the health message
+        self._subs: list[tuple[str, int]] = []
+        self._client: paho.Client | None = None
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------------- public API
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Remembered and (re)made on every connect."""
+        self._subs.append((topic, qos))
+        client = self._client
+        if client is not None and self.connected.is_set():
+            client.subscribe(topic, qos)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> paho.MQTTMessageInfo | None:
+        """Queue a message on the live connection; its info (``is_published()`` after PUBACK), or None."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return None
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        return info if info.rc == paho.MQTT_ERR_SUCCESS else None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._supervise, name=f"mqtt-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, last: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
+        """Disconnect cleanly (no last will); ``last`` is a retained message sent first (e.g. state offline)."""
+        client = self._client
+        if last is not None and client is not None and self.connected.is_set():
+            info = client.publish(last[0], last[1], qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=min(timeout, 2.0))
+            except (RuntimeError, ValueError):
+                pass
+        self._stop.set()
+        self._lost.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------- the supervisor
+
+    def _new_client(self, proto: str) -> paho.Client:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=PROTOCOLS[proto],
+                             **({} if proto == "5" else {"clean_session": True}))
+        client.connect_timeout = self.broker.connect_timeout_s
+        if self.broker.username:
+            password = self.broker.password_file.read_text().strip() if self.broker.password_file else None
+            client.username_pw_set(self.broker.username, password)
+        if self.broker.tls is not None:
+            t = self.broker.tls
+            client.tls_set(ca_certs=str(t.ca_file), certfile=str(t.cert_file) if t.cert_file else None,
+                           keyfile=str(t.key_file) if t.key_file else None)
+        will = self.will() if callable(self.will) else self.will
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        return client
+
+    def _connect_once(self, proto: str) -> paho.Client:
+        """A connected client (CONNACK success within the timeout), or MqttError."""
+        client = self._new_client(proto)
+        result: dict = {}
+        done = threading.Event()
+
+        def on_connect(c, userdata, flags, reason, properties):
+            result["code"], result["reason"] = reason.value, str(reason)
+            done.set()
+
+        def on_disconnect(c, userdata, flags, reason, properties):
+            result.setdefault("code", -1)
+            result.setdefault("reason", f"connection closed ({reason})")
+            done.set()
+            self._lost.set()
+
+        client.on_connect, client.on_disconnect = on_connect, on_disconnect
+        client.on_message = lambda c, u, msg: self.on_message(msg) if self.on_message else None
+        client.on_publish = lambda c, u, mid, reason, props: (
+            self.on_publish_cb(mid, not reason.is_failure) if self.on_publish_cb and c is self._client else None)
+        where = f"{self.name} {self.broker.host}:{self.broker.port} (MQTT {proto})"
+        try:
+            client.connect(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
+        except (OSError, ValueError) as e:
+            raise MqttError(-1, str(e) or type(e).__name__, f"connect {where}") from None
+        client.loop_start()
+        if not done.wait(self.broker.connect_timeout_s) or result.get("code") != 0:
+            client.loop_stop()
+            client.disconnect()
+            code = result.get("code", -2)
+            raise MqttError(code, result.get("reason", "no CONNACK within timeout"), f"connect {where}")
+        return client
+
+    def _supervise(self) -> None:
+        proto = "3.1.1" if self.protocol == "3.1.1" else "5"
+        attempt = 0
+        while not self._stop.is_set():
+            self._lost.clear()
+            try:
+                client = self._connect_once(proto)
+            except MqttError as e:
+                self.last_error = e
+                if self.protocol == "auto" and proto == "5" and e.code in _BAD_PROTOCOL:
+                    log.warning("%s; falling back to MQTT 3.1.1", e)
+                    proto = "3.1.1"
+                    continue
+                delay = backoff_delay(attempt, self.backoff)
+                attempt += 1
+                log.warning("%s; retry in %.1f s", e, delay)
+                self._stop.wait(delay)
+                continue
+            attempt = 0
+            self._client, self.protocol_in_use = client, proto
+            self.connects += 1
+            for topic, qos in self._subs:
+                client.subscribe(topic, qos)
+            self.connected.set()
+            log.info("%s connected to %s:%d (MQTT %s)", self.name, self.broker.host, self.broker.port, proto)
+            if self.on_connect_cb:
+                self.on_connect_cb()
+            self._watch(client)
+            self.connected.clear()
+            client.loop_stop()
+            client.disconnect()
+            self._client = None
+            if not self._stop.is_set():
+                log.warning("%s: connection to %s:%d lost", self.name, self.broker.host, self.broker.port)
+
+    def _watch(self, client: paho.Client) -> None:
+        """Until the connection is lost, stopped, or the watchdog trips."""
+        while not self._lost.wait(1.0):
+            thread = getattr(client, "_thread", None)
+            if thread is None or not thread.is_alive():
+                log.error("%s: watchdog: network loop thread died; reconnecting", self.name)
+                return
+            if self.stalled is not None and self.stalled():
+                log.error("%s: watchdog: acknowledgements overdue; reconnecting", self.name)
+                return

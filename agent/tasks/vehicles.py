@@ -1,0 +1,42 @@
+"""Vehicle classification: camera crops -> image front-end -> model -> rule.
+
+Each crop is one window (no overlap in time); the rule's smoothing, if configured,
+runs over consecutive crops of the same camera.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backends.contract import ContractError
+from ..config import VehiclesTaskConfig
+from ..features.image import ImageParams, ImageParamsError, preprocess
+from ..payloads import ImageFrame
+from ..rules import Rule, softmax
+from . import Detection, LoadedModel, check_frontend, dry_run
+
+
+class VehiclesTask:
+    kind = "vehicles"
+    consumes = "camera"
+    frontend_kind = "image"
+
+    def __init__(self, cfg: VehiclesTaskConfig, model: LoadedModel, input_rate: int = 0):
+        contract = model.contract
+        try:
+            self.params = ImageParams.from_dict(contract.frontend)
+        except (ImageParamsError, TypeError) as e:
+            raise ContractError(f"{contract.model_path}: frontend: {e}") from None
+        check_frontend(contract, self.params)
+        self.cfg, self.model = cfg, model
+        Rule(cfg.rule, contract.labels, "tasks.vehicles.rule")
+        dry_run(model, np.zeros(self.params.output_shape, np.float32))
+        self._rules: dict[str, Rule] = {}
+
+    def handle(self, frame: ImageFrame) -> list[Detection]:
+        x = preprocess(frame.image, self.params)
+        probs = softmax(self.model.backend.run(x[None])[0])
+        rule = self._rules.setdefault(frame.sensor, Rule(self.cfg.rule, self.model.contract.labels))
+        ts = int(frame.capture_ms)
+        return [Detection(self.kind, frame.sensor, ev.cls, ev.confidence, ts, 0, self.model.info)
+                for ev in rule.update(probs, ts, ts)]

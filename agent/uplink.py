@@ -1,0 +1,136 @@
+"""The city uplink: the outbox pumped to the city broker, QoS 1, removed on PUBACK.
+
+Topics under ``{prefix}/{site}/{device}/``: ``alert/{kind}`` and ``summary`` (from the
+outbox, QoS 1), ``health`` (QoS 0, not stored: the next one supersedes it) and ``state``
+(retained; ``online`` on every connect, ``offline`` on a clean stop, and the last will
+sets it ``offline`` when the device vanishes).
+
+On every (re)connect the pump starts again from the oldest stored row: everything
+that was in the outbox when the connection came up is backlog and goes out marked
+``"r":1`` (replayed), in row order; new messages follow. At most ``max_inflight``
+messages wait for their PUBACK; one overdue by ``ack_timeout_s`` trips the watchdog.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from .alerts import mark_replayed
+from .config import UplinkSection
+from .mqtt import Connection, Will
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class Uplink:
+    def __init__(self, cfg: UplinkSection, site: str, device: str, outbox: Outbox, state: dict, boot: int):
+        self.cfg, self.outbox = cfg, outbox
+        self.base = f"{cfg.topic_prefix}/{site}/{device}"
+        self._state = state  # the retained birth message's body: models, backends, config hash
+        self._offline = json.dumps({"v": 1, "online": False, "boot": boot}, separators=(",", ":")).encode()
+        self.conn = Connection("uplink", cfg.broker, f"roadside-{device}-up", protocol=cfg.protocol,
+                               backoff=cfg.backoff, will=Will(self.topic("state"), self._offline),
+                               on_connect=self._on_connect, on_publish=self._on_puback, stalled=self._stalled)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._epoch = 0  # bumped on every connect: the pump restarts from the oldest row
+        self._replay_upto = 0
+        self._inflight: dict[int, tuple] = {}  # mid -> (row id, sent at, MQTTMessageInfo)
+        self.sent = self.acked = self.replayed = self.bytes_sent = 0
+        self._thread = threading.Thread(target=self._pump, name="uplink-pump", daemon=True)
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.base}/{suffix}"
+
+    def start(self) -> None:
+        self.conn.start()
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        self.conn.stop(last=(self.topic("state"), self._offline), timeout=timeout)
+
+    def notify(self) -> None:
+        """A new row is in the outbox."""
+        self._wake.set()
+
+    def publish_live(self, suffix: str, payload: bytes) -> bool:
+        """QoS 0, not stored (health)."""
+        info = self.conn.publish(self.topic(suffix), payload, qos=0)
+        if info is not None:
+            self.bytes_sent += len(payload)
+        return info is not None
+
+    # ---------------------------------------------------------------------- callbacks
+
+    def _on_connect(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._inflight.clear()
+            self._replay_upto = self.outbox.max_id()
+        birth = {"v": 1, "online": True, "ts": int(time.time() * 1000), **self._state,
+                 "proto": self.conn.protocol_in_use}
+        self.conn.publish(self.topic("state"), json.dumps(birth, separators=(",", ":")).encode(), qos=1, retain=True)
+        self._wake.set()
+
+    def _on_puback(self, mid: int, ok: bool) -> None:
+        # Runs on paho's thread while it holds its own lock: only wake the pump, which reads
+        # each in-flight message's info (taking locks here could deadlock with publish()).
+        if not ok:
+            log.warning("broker refused message %d; it is kept until acknowledged", mid)
+        self._wake.set()
+
+    def _stalled(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            return any(now - t > self.cfg.ack_timeout_s and not info.is_published()
+                       for _, t, info in self._inflight.values())
+
+    # --------------------------------------------------------------------------- pump
+
+    def _collect_acks(self) -> None:
+        done = [(mid, row_id) for mid, (row_id, _, info) in self._inflight.items() if info.is_published()]
+        for mid, row_id in done:
+            del self._inflight[mid]
+            self.outbox.ack(row_id)
+            self.acked += 1
+
+    def _pump(self) -> None:
+        epoch, cursor = -1, 0
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            if not self.conn.connected.is_set():
+                continue
+            with self._lock:
+                if epoch != self._epoch:
+                    epoch, cursor = self._epoch, 0
+                self._collect_acks()
+                room = self.cfg.max_inflight - len(self._inflight)
+                replay_upto = self._replay_upto
+            if room <= 0:
+                continue
+            rows = self.outbox.pending(cursor, room)
+            for row in rows:
+                replay = row.id <= replay_upto
+                payload = mark_replayed(row.payload) if replay else row.payload
+                info = self.conn.publish(self.topic(row.topic), payload, qos=1)
+                if info is None:
+                    break  # connection went away: the next epoch starts over
+                with self._lock:
+                    if epoch != self._epoch:
+                        break
+                    self._inflight[info.mid] = (row.id, time.monotonic(), info)
+                cursor = row.id
+                self.sent += 1
+                self.replayed += replay
+                self.bytes_sent += len(payload)
+            if rows and len(rows) == room:
+                self._wake.set()  # a full batch: more rows may be waiting (PUBACKs wake us too)

@@ -1,0 +1,173 @@
+"""Knowledge distillation: the student learns the teacher's outputs on the very view the teacher saw.
+
+"Patient and consistent" teaching (Beyer et al., CVPR 2022): teacher and student see
+the same augmented clip -- the same roll, gain and mixup partner in the waveform, and
+masks over the same time and frequency ranges -- each through its own front-end.
+Views are seeded by (clip, view number), so view v of clip i is identical whenever it
+is drawn; the teacher's logits are cached per view and paid for once.
+
+Loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, mixup labels).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from agent.features.audio import LogMelParams, band_centres_hz, frame_centres_s, log_mel
+from agent.features.resample import resample
+
+from .recipe import DistilSection
+
+
+def first_output(out) -> torch.Tensor:
+    """Logits, whether a model returns them alone or first in a tuple (mn04 returns (logits, embedding))."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@dataclass(frozen=True)
+class View:
+    wave: np.ndarray       # (S,) float32 at the clip's sample rate
+    target: np.ndarray     # (C,) soft label (mixup)
+    freq_hz: tuple         # ((lo, hi), ...) frequency ranges to mask
+    time_s: tuple          # ((start, end), ...) time ranges to mask
+
+
+class Views:
+    """Seeded augmented views of a set of clips, in the waveform domain."""
+
+    def __init__(self, waves: np.ndarray, labels: np.ndarray, n_classes: int, sample_rate: int,
+                 mask_params: LogMelParams, cfg: DistilSection, seed: int):
+        self.waves, self.labels, self.n_classes = waves, labels, n_classes
+        self.sample_rate, self.cfg, self.seed = sample_rate, cfg.augment, seed
+        # masks are drawn in the student's bands and frames, then expressed in Hz and seconds
+        self.band_hz = band_centres_hz(mask_params)
+        self.frame_s = frame_centres_s(mask_params, mask_params.frames(waves.shape[1]))
+
+    def __call__(self, i: int, v: int) -> View:
+        a = self.cfg
+        rng = np.random.default_rng((self.seed, i, v))
+        x = self.waves[i]
+        y = np.eye(self.n_classes, dtype=np.float32)[self.labels[i]]
+        if a.mixup_alpha > 0:
+            j = int(rng.integers(len(self.waves)))
+            lam = float(rng.beta(a.mixup_alpha, a.mixup_alpha))
+            lam = max(lam, 1 - lam)  # the clip itself stays dominant
+            x = lam * x + (1 - lam) * self.waves[j]
+            y = lam * y + (1 - lam) * np.eye(self.n_classes, dtype=np.float32)[self.labels[j]]
+        if a.time_roll:
+            x = np.roll(x, int(rng.integers(len(x))))  # clips are repeat-padded: a roll is a valid clip
+        if a.gain_db:
+            x = x * np.float32(10 ** (rng.uniform(-a.gain_db, a.gain_db) / 20))
+        freq, time = [], []
+        n_f, n_t = len(self.band_hz), len(self.frame_s)
+        for _ in range(a.masks_per_axis):
+            if a.freq_mask:
+                w = int(rng.integers(a.freq_mask)); s = int(rng.integers(n_f - w + 1))  # noqa: E702
+                if w:
+                    freq.append((self.band_hz[s], self.band_hz[s + w - 1]))
+            if a.time_mask:
+                w = int(rng.integers(min(a.time_mask, n_t))); s = int(rng.integers(n_t - w + 1))  # noqa: E702
+                if w:
+                    time.append((self.frame_s[s], self.frame_s[s + w - 1]))
+        return View(np.clip(x, -1, 1).astype(np.float32), y, tuple(freq), tuple(time))
+
+
+def features(views: list[View], params: LogMelParams, source_rate: int) -> torch.Tensor:
+    """(B, 1, F, T) log-mel of the views through ``params``, with each view's masks applied."""
+    waves = np.stack([v.wave for v in views])
+    if params.sample_rate != source_rate:
+        waves = resample(waves, source_rate, params.sample_rate)
+    x = log_mel(waves, params)
+    bands, frames = band_centres_hz(params), frame_centres_s(params, x.shape[-1])
+    for k, v in enumerate(views):
+        fill = x[k].mean()
+        for lo, hi in v.freq_hz:
+            x[k, (bands >= lo) & (bands <= hi), :] = fill
+        for t0, t1 in v.time_s:
+            x[k, :, (frames >= t0) & (frames <= t1)] = fill
+    return torch.from_numpy(x)[:, None]
+
+
+def train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """Training mode, with BatchNorm layers left in eval mode (fixed statistics) when ``freeze_bn``."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+class Distiller:
+    """Runs KD epochs for any student; keeps the per-view teacher cache across runs (distil, prune steps)."""
+
+    def __init__(self, teacher: nn.Module, teacher_fe: LogMelParams, student_fe: LogMelParams,
+                 waves: np.ndarray, labels: np.ndarray, n_classes: int, sample_rate: int,
+                 cfg: DistilSection, seed: int):
+        self.teacher = teacher.eval()
+        self.teacher_fe, self.student_fe, self.sample_rate = teacher_fe, student_fe, sample_rate
+        self.views = Views(waves, labels, n_classes, sample_rate, student_fe, cfg, seed)
+        self.cfg, self.seed = cfg, seed
+        self.cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.epochs_done = 0  # picks the view number, so later runs reuse cached views
+        self.teacher_calls = 0
+
+    def teacher_logits(self, keys: list[tuple[int, int]], views: list[View]) -> torch.Tensor:
+        missing = [k for k, key in enumerate(keys) if key not in self.cache]
+        if missing:
+            x = features([views[k] for k in missing], self.teacher_fe, self.sample_rate)
+            with torch.inference_mode():
+                out = first_output(self.teacher(x))
+            self.teacher_calls += len(missing)
+            for k, logits in zip(missing, out):
+                self.cache[keys[k]] = logits.clone()
+        return torch.stack([self.cache[key] for key in keys])
+
+    def run(self, student: nn.Module, epochs: int, lr: float, desc: str) -> list[dict]:
+        cfg = self.cfg
+        if epochs == 0:
+            return []
+
+        opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr,
+                                weight_decay=cfg.weight_decay)
+        n = len(self.views.waves)
+        steps_per_epoch = math.ceil(n / cfg.batch_size)
+        total, warmup = epochs * steps_per_epoch, steps_per_epoch // 2 + 1
+        gen = torch.Generator().manual_seed(self.seed + self.epochs_done)
+        t = cfg.temperature
+        history, step = [], 0
+        for epoch in range(epochs):
+            v = self.epochs_done % cfg.views_per_clip
+            order = torch.randperm(n, generator=gen).tolist()
+            train_mode(student, cfg.freeze_bn)
+            losses = []
+            bar = tqdm(range(0, n, cfg.batch_size), desc=f"{desc} {epoch + 1}/{epochs}", unit="batch", leave=False)
+            for s in bar:
+                keys = [(i, v) for i in order[s:s + cfg.batch_size]]
+                views = [self.views(i, vv) for i, vv in keys]
+                soft = torch.softmax(self.teacher_logits(keys, views) / t, dim=1)
+                x = features(views, self.student_fe, self.sample_rate)
+                y = torch.from_numpy(np.stack([vw.target for vw in views]))
+                scale = (step + 1) / warmup if step < warmup else \
+                    0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+                for g in opt.param_groups:
+                    g["lr"] = lr * scale
+                logits = first_output(student(x))
+                kd = torch.nn.functional.kl_div(torch.log_softmax(logits / t, 1), soft, reduction="batchmean") * t * t
+                ce = torch.sum(-y * torch.log_softmax(logits, 1), 1).mean()
+                loss = cfg.alpha * kd + (1 - cfg.alpha) * ce
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            self.epochs_done += 1
+            history.append({"run": desc, "epoch": epoch + 1, "loss": float(np.mean(losses))})
+            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}")
+        return history

@@ -1,0 +1,328 @@
+"""``roadside compress``: teacher -> student (distil) -> pruned -> INT8 -> ONNX (+ TensorRT), gated.
+
+Every stage is scored by the same evaluation code (``compression.evaluate``) on the
+same held-out clips; every stage's numbers reach the report even when the gate fails.
+Writes to ``out`` (the shipped folder): model.onnx (the CPU artefact: INT8 where it is
+faster, else FP32), model_trt.onnx (symmetric INT8 QDQ for TensorRT), manifest.json,
+report.json, confusion.png, accuracy_latency.png. Intermediate checkpoints go to ``work``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from agent.features.audio import LogMelParams, log_mel
+
+from . import gate, prune
+from .datasets import urbansound
+from .distil import Distiller
+from .evaluate import Scorer, evaluate_noise, load_scorer, torch_scorer
+from .export import export_onnx
+from .latency import per_second_of_audio
+from .manifest import sha256_file, write_manifest
+from .recipe import CompressionRecipe, load_recipe
+from .report import plot_accuracy_latency, plot_confusion, write_json
+from .students import BUILDERS
+from .teachers.noise import load_checkpoint
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+SOURCE_RATE = 16000  # the clips' and the microphones' rate
+
+
+class Stages:
+    """Collects each stage's measured numbers, in order."""
+
+    def __init__(self, val_clips: list, root: Path, labels: list[str], window_seconds: float, wave: np.ndarray):
+        self.val_clips, self.root, self.labels = val_clips, root, labels
+        self.window_seconds, self.wave = window_seconds, wave  # one real window for latency
+        self.results: dict[str, dict] = {}
+
+    def score(self, name: str, scorer: Scorer, onnx_path: Path | None, params: int, macs: int) -> dict:
+        metrics = evaluate_noise(scorer, self.root, clips=self.val_clips)
+        entry = {k: metrics[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion", "top3_accuracy")}
+        entry.update(params=params, macs_per_second=macs / self.window_seconds, frontend=scorer.frontend)
+        if onnx_path is not None:
+            entry["latency"] = per_second_of_audio(onnx_path, scorer.frontend, self.wave, SOURCE_RATE)
+            entry["onnx_bytes"] = onnx_path.stat().st_size
+            entry["int8_weight_bytes"] = int8_weight_bytes(onnx_path)
+        entry["_logits"] = metrics["logits"]
+        self.results[name] = entry
+        log.info("%s: accuracy %.4f, macro-F1 %.4f, %d params, %.2f M MACs/s%s", name, entry["accuracy"],
+                 entry["macro_f1"], params, entry["macs_per_second"] / 1e6,
+                 f", {entry['latency']['total_ms']:.3f} ms per s of audio" if onnx_path else "")
+        return entry
+
+
+def int8_weight_bytes(path: Path) -> int:
+    model = onnx.load(str(path))
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer
+               if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) > 1)
+
+
+def _features(waves: np.ndarray, frontend: dict) -> np.ndarray:
+    from agent.features.resample import resample
+
+    p = LogMelParams.from_dict(frontend)
+    x = waves if p.sample_rate == SOURCE_RATE else resample(waves, SOURCE_RATE, p.sample_rate)
+    return log_mel(x, p)[:, None]
+
+
+def _example(frontend: dict, window: float) -> torch.Tensor:
+    """A zero input of the shape the front-end gives for one window: (1, 1, n_mels, frames)."""
+    p = LogMelParams.from_dict(frontend)
+    return torch.zeros(1, 1, p.n_mels, p.frames(int(round(window * p.sample_rate))))
+
+
+def _splits(recipe: CompressionRecipe, data) -> tuple[Path, list, list]:
+    root = urbansound.find_root(data)
+    clips = urbansound.list_clips(root)
+    train = [c for c in clips if c.fold != recipe.data.val_fold]
+    val = [c for c in clips if c.fold == recipe.data.val_fold]
+    if not val or not train:
+        raise ValueError(f"data.val_fold {recipe.data.val_fold!r}: need it and at least one other fold in {root}")
+    if recipe.data.max_clips:
+        rng = np.random.default_rng(recipe.seed)  # a stratified-enough sample for smoke runs
+        train = [train[i] for i in sorted(rng.permutation(len(train))[:recipe.data.max_clips])]
+        val = [val[i] for i in sorted(rng.permutation(len(val))[:recipe.data.max_clips])]
+    return root, train, val
+
+
+def run(recipe_path: Path, data=None, out: Path | None = None, work: Path | None = None, **overrides) -> dict:
+    """The recipe's teacher checkpoint through the chain (``roadside compress``)."""
+    recipe = load_recipe(recipe_path, **overrides)
+    teacher_path = Path(recipe.teacher.checkpoint)
+    teacher_path = teacher_path if teacher_path.is_absolute() else REPO / teacher_path
+    teacher, tcfg = load_checkpoint(teacher_path)
+    return compress(teacher, tcfg["frontend"], list(tcfg["labels"]), recipe, data, out, work,
+                    recipe_path=recipe_path, teacher_path=teacher_path)
+
+
+def compress(teacher: torch.nn.Module, teacher_frontend: dict, labels: list[str], recipe: CompressionRecipe,
+             data=None, out: Path | None = None, work: Path | None = None, *,
+             recipe_path: Path | None = None, teacher_path: Path | None = None) -> dict:
+    """Compress any PyTorch teacher: ``teacher(x)`` maps log-mel (B, 1, n_mels, T) from
+    ``teacher_frontend`` (a LogMelParams dict) to logits over ``labels`` (or a tuple whose
+    first item is the logits). Returns the report; raises GateFailed when the result must not ship.
+    """
+    t_start = time.time()
+    torch.manual_seed(recipe.seed)
+    torch.set_num_threads(recipe.threads)
+    teacher = teacher.eval()
+    tcfg = {"frontend": LogMelParams.from_dict(teacher_frontend).to_dict(), "labels": labels}
+    out = Path(out or REPO / "agent" / "models" / recipe.task)
+    work = Path(work or REPO / "runs" / recipe.name)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    window = recipe.student.window_seconds
+    sfe = recipe.student.frontend
+    root, train, val = _splits(recipe, data)
+    waves, train, _ = urbansound.load_clips(train, SOURCE_RATE, window)
+    y = np.array([c.label for c in train])
+    stages = Stages(val, root, labels, window, waves[0])
+    t_example, s_example = _example(tcfg["frontend"], window), _example(sfe, window)
+
+    # 1. teacher: the reference every stage is measured against
+    teacher_onnx = export_onnx(teacher, t_example, work / "teacher.onnx", {"task": recipe.task})
+    macs, params = prune.count(teacher, t_example)
+    stages.score("teacher", torch_scorer(teacher, recipe.task, labels, tcfg["frontend"], window),
+                 teacher_onnx, params, macs)
+
+    # 2. student, distilled on the same views the teacher sees
+    student = BUILDERS[recipe.student.type](teacher, len(labels), s_example.shape[2], recipe.student)
+    distiller = Distiller(teacher, LogMelParams.from_dict(tcfg["frontend"]), LogMelParams.from_dict(sfe),
+                          waves, y, len(labels), SOURCE_RATE, recipe.distil, recipe.seed)
+    history = distiller.run(student, recipe.distil.epochs, recipe.distil.lr, "distil")
+    torch.save(student.state_dict(), work / "student.pt")
+    student_onnx = export_onnx(student, s_example, work / "student.onnx", {"task": recipe.task})
+    macs, params = prune.count(student, s_example)
+    stages.score("student", torch_scorer(student, recipe.task, labels, sfe, window), student_onnx, params, macs)
+
+    # 3. structured pruning, each step followed by KD fine-tuning
+    calib_clips = [train[i] for i in sorted(np.random.default_rng(recipe.seed).permutation(len(train))
+                                            [:recipe.data.calibration_clips])]
+    calib = _features(waves[[train.index(c) for c in calib_clips]], sfe)
+    prune_log = []
+    if recipe.prune.enabled:
+        prune_log, runs = prune_stage(student, recipe, s_example, calib, distiller, params)
+        history += runs
+        torch.save(student, work / "pruned.pt")
+    fp32_onnx = export_onnx(student, s_example, work / "pruned_fp32.onnx", {"task": recipe.task})
+    macs, params = prune.count(student, s_example)
+    stages.score("pruned", torch_scorer(student, recipe.task, labels, sfe, window), fp32_onnx, params, macs)
+    parity = onnx_parity(student, fp32_onnx, val[:16], sfe, window)
+
+    # 4. INT8, two flavours, calibrated on a recorded list of training clips
+    contract = {"task": recipe.task, "labels": labels, "frontend": sfe, "window_seconds": window,
+                "name": recipe.name, "version": recipe.version}
+    chosen = {"cpu": fp32_onnx, "tensorrt": None}
+    if recipe.quantise.enabled:
+        from .quantise import quantise
+
+        for flavour in ("cpu", "tensorrt"):
+            path = quantise(fp32_onnx, work / f"int8_{flavour}.onnx", calib, flavour,
+                            recipe.quantise.calibrate_method, recipe.quantise.percentile)
+            scorer = _onnx_scorer(path, contract)
+            entry = stages.score(f"int8_{flavour}", scorer, path, params, macs)
+            entry["top1_agreement_with_fp32"] = float(
+                (entry["_logits"].argmax(1) == stages.results["pruned"]["_logits"].argmax(1)).mean())
+            chosen[flavour] = path
+        # INT8 only where it pays, per target: on the CPU when measured faster; for TensorRT when
+        # it keeps the accuracy (else TensorRT builds an FP16 engine from the FP32 model)
+        cpu_int8, fp32 = stages.results["int8_cpu"], stages.results["pruned"]
+        if cpu_int8["latency"]["model_ms"] >= fp32["latency"]["model_ms"]:
+            log.info("INT8 is not faster than FP32 on this CPU: shipping FP32 for onnxruntime")
+            chosen["cpu"] = fp32_onnx
+        trt_reasons = gate.check(recipe, stages.results["teacher"], stages.results["int8_tensorrt"])
+        if trt_reasons:
+            log.warning("symmetric INT8 for TensorRT fails the gate (%s): TensorRT gets the FP32 model (FP16 engine)",
+                        "; ".join(trt_reasons))
+            chosen["tensorrt"] = None
+            chosen["tensorrt_rejected"] = trt_reasons
+
+    # 5. TensorRT engine, where TensorRT exists
+    engine = build_engine_stage(recipe, chosen["tensorrt"] or chosen["cpu"], work)
+
+    # 6. the gate, on everything that ships: the CPU model and the INT8 model for TensorRT
+    shipped_name = {fp32_onnx: "pruned"}.get(chosen["cpu"], "int8_cpu")
+    trt_name = "int8_tensorrt" if chosen["tensorrt"] is not None else shipped_name
+    failures = [f"{target} model ({name}): {reason}"
+                for target, name in dict.fromkeys((("CPU", shipped_name), ("TensorRT", trt_name)))
+                for reason in gate.check(recipe, stages.results["teacher"], stages.results[name])]
+    failures += gate.check_parity(recipe, parity)
+
+    report = write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, contract, failures,
+                             engine, parity, prune_log, history, train, val, calib_clips, root, teacher,
+                             teacher_path, time.time() - t_start, distiller.teacher_calls)
+    if failures:
+        raise gate.GateFailed("the compressed model did not pass the gate:\n  " + "\n  ".join(failures))
+    return report
+
+
+def prune_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib: np.ndarray,
+                distiller: Distiller, params: int) -> tuple[list[dict], list[dict]]:
+    """Prune to ``prune.target_params`` in ``prune.steps`` steps, KD fine-tuning after each."""
+    cfg, log_steps, history = recipe.prune, [], []
+    x = torch.from_numpy(calib)
+    for k, target in enumerate(prune.step_targets(params, cfg.target_params, cfg.steps)):
+        before = prune.count(student, example)
+        if cfg.method == "reconstruct":
+            from . import reconstruct
+
+            keep = reconstruct.plan_keep(student, example, target)
+            reconstruct.reconstruct(student, x, keep)
+            macs, n = prune.count(student, example)
+            info = {"method": "reconstruct", "keep": keep, "macs_before": before[0], "params_before": before[1],
+                    "macs": macs, "params": n}
+        else:
+            info = {"method": "magnitude", **prune.prune_step(student, example, target, cfg.round_to,
+                                                               cfg.max_layer_ratio, student.pruning_protected())}
+        history += distiller.run(student, cfg.epochs_per_step, cfg.lr, f"prune{k + 1}")
+        log_steps.append(info)
+    return log_steps, history
+
+
+def _onnx_scorer(path: Path, contract: dict) -> Scorer:
+    from agent.backends.onnx import OnnxBackend
+
+    return Scorer(contract["task"], contract["labels"], contract["frontend"], contract["window_seconds"],
+                  OnnxBackend(path, threads=1), sha256_file(path), "onnx")
+
+
+def onnx_parity(model: torch.nn.Module, onnx_path: Path, clips: list, frontend: dict, window: float) -> dict:
+    """Max |logit| difference between PyTorch FP32 and its ONNX export, on real clips."""
+    from agent.backends.onnx import OnnxBackend
+
+    waves, _, _ = urbansound.load_clips(clips, SOURCE_RATE, window, progress=False)
+    x = _features(waves, frontend)
+    with torch.inference_mode():
+        ref = model.eval()(torch.from_numpy(x))[0].numpy()
+    got = OnnxBackend(onnx_path, threads=1)(x)
+    diff, scale = float(np.abs(ref - got).max()), float(np.abs(ref).max())
+    # float32 rounding grows with the logits' size: the relative figure tells a broken export
+    # (O(1)) from rounding (~1e-6) whatever the model's scale
+    return {"clips": len(clips), "max_abs_logit_diff": diff, "max_abs_logit": scale,
+            "relative": diff / max(scale, 1e-12)}
+
+
+def build_engine_stage(recipe: CompressionRecipe, trt_onnx: Path, work: Path) -> dict:
+    if not recipe.engine.enabled:
+        return {"status": "disabled"}
+    from agent.backends import BackendUnavailable
+    from agent.backends.tensorrt import build_engine
+
+    try:
+        path = build_engine(trt_onnx, work / "engines", fp16=recipe.engine.fp16, dla_core=recipe.engine.dla_core,
+                            workspace_mb=recipe.engine.workspace_mb)
+    except BackendUnavailable as e:
+        return {"status": f"skipped: {e}"}
+    return {"status": "built", "engine": path.name, "bytes": path.stat().st_size}
+
+
+def _inputs(teacher: torch.nn.Module, teacher_path: Path | None, recipe_path: Path | None) -> dict:
+    """The teacher's identity: its file's sha256, or for an in-memory teacher a hash of its weights."""
+    if teacher_path is not None:
+        ident = {"teacher": teacher_path.name, "teacher_sha256": sha256_file(teacher_path)}
+    else:
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, t in sorted(teacher.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().numpy().tobytes())
+        ident = {"teacher": type(teacher).__name__, "teacher_state_sha256": h.hexdigest()}
+    return {**ident, "recipe_file": Path(recipe_path).name if recipe_path else None}
+
+
+def write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, contract, failures, engine, parity,
+                    prune_log, history, train, val, calib_clips, root, teacher, teacher_path, seconds,
+                    teacher_calls) -> dict:
+    results = {k: {kk: vv for kk, vv in v.items() if kk != "_logits"} for k, v in stages.results.items()}
+    shipped = results[shipped_name]
+    model_path = shutil.copyfile(chosen["cpu"], out / "model.onnx")
+    files = [Path(model_path)]
+    cpu_precision = "int8" if shipped_name.startswith("int8") else "fp32"
+    targets = {"onnxruntime": {"file": "model.onnx", "precision": cpu_precision},
+               "tensorrt": {"file": "model.onnx", "precision": "int8" if cpu_precision == "int8" else "fp16"}}
+    stale = out / "model_trt.onnx"
+    if chosen["tensorrt"] is not None:
+        files.append(Path(shutil.copyfile(chosen["tensorrt"], stale)))
+        targets["tensorrt"] = {"file": "model_trt.onnx", "precision": "int8"}
+    elif stale.exists():
+        stale.unlink()  # an INT8 model from an earlier run must not linger beside this one
+    report = {
+        "task": recipe.task, "name": recipe.name, "version": recipe.version,
+        "gate": {"passed": not failures, "failures": failures, "max_drop": recipe.gate.max_drop},
+        "shipped": {"cpu": shipped_name, "tensorrt": "int8_tensorrt" if chosen["tensorrt"] else shipped_name},
+        "targets": targets,
+        "int8_tensorrt_rejected": chosen.get("tensorrt_rejected", []),
+        "stages": results, "onnx_parity": parity, "engine": engine, "prune_steps": prune_log,
+        "history": history, "seconds": round(seconds, 1), "teacher_forward_clips": teacher_calls,
+        "calibration_clips": [c.path.relative_to(root).as_posix() for c in calib_clips],
+        "licence": "trained on UrbanSound8K (CC BY-NC 3.0): non-commercial use only",
+    }
+    files.append(write_json(report, out / "report.json"))
+    files.append(plot_confusion(shipped["confusion"], contract["labels"], out / "confusion.png",
+                                f"{recipe.name} ({shipped_name}), {recipe.data.val_fold}: "
+                                f"accuracy {shipped['accuracy']:.3f}"))
+    files.append(plot_accuracy_latency(results, out / "accuracy_latency.png", recipe.name))
+    write_manifest(
+        out, stage="compress", files=files,
+        inputs=_inputs(teacher, teacher_path, recipe_path),
+        recipe=recipe.model_dump(),
+        data_lists={"train": urbansound.data_list_sha256(train, root), "val": urbansound.data_list_sha256(val, root),
+                    "calibration": urbansound.data_list_sha256(calib_clips, root)},
+        extra={**contract, "targets": targets, "params": shipped["params"], "macs_per_second": shipped["macs_per_second"],
+               "size_bytes": Path(model_path).stat().st_size,
+               "metrics": {k: {m: v.get(m) for m in ("accuracy", "macro_f1", "latency", "params")}
+                           for k, v in results.items()},
+               "gate_passed": not failures},
+    )
+    return report

@@ -1,0 +1,176 @@
+"""``roadside compress``: a smoke run of the whole chain on a handful of real clips, and its gate.
+
+The full run is a command (README); here every stage runs for one epoch on a few
+clips, so the numbers are not the product's, but every stage must be present,
+measured and recorded, and the gate must refuse what it should.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.backends.contract import load_contract
+from agent.cli import main
+from compression.manifest import verify_files
+from compression.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "compression" / "recipes" / "noise.yaml"
+SMOKE = ["--set", "data.max_clips=24", "--set", "distil.epochs=1", "--set", "prune.steps=1",
+         "--set", "prune.epochs_per_step=1", "--set", "data.calibration_clips=8", "--set", "distil.batch_size=12"]
+
+
+@pytest.fixture(scope="module")
+def smoke(data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shipped")
+    work = tmp_path_factory.mktemp("work")
+    # max_drop 100: a one-epoch student is poor; this run checks the plumbing, not the accuracy.
+    # Its least-squares re-fits on 8 clips give logits of ~20 where float32 rounding reaches a few
+    # 1e-4: the absolute parity bound is the full run's (in its gate), the smoke run checks the relative one.
+    rc = main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(out),
+               "--work", str(work), "--set", "gate.max_drop=100", "--set", "gate.max_onnx_logit_diff=0.01", *SMOKE])
+    assert rc == 0
+    return out
+
+
+def test_every_stage_is_scored_with_the_same_numbers(smoke):
+    report = json.loads((smoke / "report.json").read_text())
+    stages = report["stages"]
+    assert list(stages) == ["teacher", "student", "pruned", "int8_cpu", "int8_tensorrt"]
+    for name, s in stages.items():
+        assert s["n"] == 24, name
+        assert {"accuracy", "macro_f1", "params", "macs_per_second", "latency"} <= set(s), name
+        assert s["latency"]["total_ms"] > s["latency"]["model_ms"] > 0, name
+    assert stages["pruned"]["params"] <= 120_000 < stages["student"]["params"]
+    assert stages["int8_cpu"]["int8_weight_bytes"] > 0
+    assert 0.0 <= stages["int8_cpu"]["top1_agreement_with_fp32"] <= 1.0
+
+
+def test_pruned_widths_are_multiples_of_eight(smoke):
+    import onnx
+
+    model = onnx.load(str(smoke / "model.onnx"))
+    convs = [t for t in model.graph.initializer if len(t.dims) == 4]
+    # every conv except the stem's (1 input channel) and depthwise inputs has widths in multiples of 8
+    assert convs and all(t.dims[0] % 8 == 0 for t in convs)
+
+
+def test_onnx_export_matches_pytorch(smoke):
+    parity = json.loads((smoke / "report.json").read_text())["onnx_parity"]
+    assert parity["clips"] == 16 and parity["max_abs_logit"] > 1
+    assert parity["relative"] <= 1e-4, parity
+
+
+def test_gate_refuses_an_export_that_does_not_match_pytorch():
+    from compression import gate
+
+    recipe = load_recipe(RECIPE)
+    assert gate.check_parity(recipe, {"clips": 16, "max_abs_logit_diff": 9e-6}) == []
+    assert "ONNX export differs" in gate.check_parity(recipe, {"clips": 16, "max_abs_logit_diff": 3e-4})[0]
+
+
+def test_shipped_folder_is_a_valid_contract(smoke):
+    assert verify_files(smoke / "manifest.json") == []
+    contract = load_contract(smoke / "model.onnx")
+    recipe = load_recipe(RECIPE)
+    assert contract.frontend == recipe.student.frontend
+    assert contract.task == "noise" and len(contract.labels) == 10 and contract.window_seconds == 4.0
+    manifest = json.loads((smoke / "manifest.json").read_text())
+    assert {"train", "val", "calibration"} == set(manifest["data_lists"])
+    assert {"model.onnx", "report.json", "confusion.png", "accuracy_latency.png"} <= set(manifest["files"])
+    # each target names the file it runs; INT8 for TensorRT ships only when it passed the gate
+    trt = manifest["targets"]["tensorrt"]
+    assert (trt["file"] == "model_trt.onnx") == ("model_trt.onnx" in manifest["files"])
+    assert trt["precision"] in ("int8", "fp16") and manifest["targets"]["onnxruntime"]["file"] == "model.onnx"
+
+
+def test_eval_cli_scores_the_shipped_onnx(smoke, data_dir, capsys):
+    assert main(["eval", "--model", str(smoke / "model.onnx"), "--data", str(data_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model_kind"] == "onnx" and result["n"] == 1761
+
+
+def test_gate_trips_and_still_writes_the_report(data_dir, tmp_path, capsys):
+    """A student fed wrongly scaled features, and never pruned, must not ship: exit 3, every reason, numbers kept."""
+    out = tmp_path / "out"
+    rc = main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(out),
+               "--work", str(tmp_path / "work"), "--set", "data.max_clips=16", "--set", "distil.epochs=0",
+               "--set", "prune.enabled=false", "--set", "quantise.enabled=false",
+               "--set", "student.frontend.norm_scale=50"])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "did not pass the gate" in err and "CPU model (pruned)" in err
+    assert "points below the teacher" in err and "parameters > budget.max_params 128000" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["gate"]["passed"] is False and set(report["stages"]) == {"teacher", "student", "pruned"}
+    assert report["stages"]["pruned"]["accuracy"] < report["stages"]["teacher"]["accuracy"]
+
+
+def test_gate_refuses_a_model_over_budget():
+    from compression import gate
+
+    recipe = load_recipe(RECIPE)
+    teacher = {"accuracy": 0.80}
+    ok = {"accuracy": 0.79, "params": 100_000, "macs_per_second": 5e6}
+    assert gate.check(recipe, teacher, ok) == []
+    too_big = {**ok, "params": 200_000, "macs_per_second": 40e6}
+    assert [f.split()[1] for f in gate.check(recipe, teacher, too_big)] == ["parameters", "M"]
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    from agent.schema import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(RECIPE.read_text().replace("  n_mels: 103", "  n_mels: -3").replace("max_drop: 2.0", "max_dorp: 2"))
+    with pytest.raises(ConfigError) as e:
+        load_recipe(bad)
+    text = str(e.value)
+    assert "student.frontend" in text and "n_mels" in text
+    assert "gate.max_dorp" in text
+    with pytest.raises(ConfigError, match="distil.epochs"):
+        load_recipe(RECIPE, **{"distil.epochs": -1})
+
+
+def test_quantise_refuses_bad_calibration(tmp_path):
+    from compression.quantise import quantise
+
+    with pytest.raises(ValueError, match="no calibration features"):
+        quantise(tmp_path / "x.onnx", tmp_path / "y.onnx", np.zeros((0, 1, 4, 4), np.float32), "cpu")
+    with pytest.raises(ValueError, match="NaN"):
+        quantise(tmp_path / "x.onnx", tmp_path / "y.onnx", np.full((2, 1, 4, 4), np.nan, np.float32), "cpu")
+
+
+def test_any_torch_teacher_with_its_own_frontend(data_dir, tmp_path):
+    """The Python API: a user's nn.Module (plain logits out) and its front-end, distilled into a small CNN."""
+    import torch
+
+    from agent.features.audio import STUDENT_LOGMEL
+    from compression import pipeline
+
+    class UserTeacher(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+        def forward(self, x):
+            return self.net(x)
+
+    recipe = load_recipe(RECIPE, **{"student.type": "cnn", "student.cnn_channels": [8, 16],
+                                    "student.frontend": STUDENT_LOGMEL.to_dict(), "data.max_clips": 12,
+                                    "distil.epochs": 1, "prune.enabled": False, "quantise.enabled": False,
+                                    "gate.max_drop": 100})
+    labels = [f"class{i}" for i in range(10)]
+    report = pipeline.compress(UserTeacher(), STUDENT_LOGMEL.to_dict(), labels, recipe, data_dir,
+                               tmp_path / "out", tmp_path / "work")
+    assert list(report["stages"]) == ["teacher", "student", "pruned"]
+    assert report["stages"]["student"]["frontend"] == STUDENT_LOGMEL.to_dict()
+    # SmallCNN [8, 16]: two stages of conv + BN + depthwise conv + BN, then a 16 -> 10 linear head
+    assert report["stages"]["student"]["params"] == (8 * 9 + 16 + 8 * 9 + 16) + (16 * 8 * 9 + 32 + 16 * 9 + 32) + 170
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["inputs"]["teacher"] == "UserTeacher" and len(manifest["inputs"]["teacher_state_sha256"]) == 64
+    assert load_contract(tmp_path / "out" / "model.onnx").labels == tuple(labels)

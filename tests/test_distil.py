@@ -1,0 +1,69 @@
+"""Distillation views: the teacher and the student see the same, reproducible augmented clip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agent.features.audio import STUDENT_LOGMEL, TEACHER_LOGMEL, band_centres_hz
+from compression.distil import Distiller, Views, features
+from compression.recipe import DistilSection
+from compression.teachers.recipe import AugmentSection
+
+RATE = 16000
+
+
+@pytest.fixture
+def clips() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return (0.1 * rng.standard_normal((6, RATE))).astype(np.float32), np.arange(6) % 3
+
+
+def _views(clips, **augment) -> Views:
+    cfg = DistilSection(augment=AugmentSection(**augment))
+    return Views(clips[0], clips[1], 3, RATE, STUDENT_LOGMEL, cfg, seed=7)
+
+
+def test_a_view_is_the_same_every_time_it_is_drawn(clips):
+    views = _views(clips)
+    a, b = views(2, 5), views(2, 5)
+    assert np.array_equal(a.wave, b.wave) and a.freq_hz == b.freq_hz and a.time_s == b.time_s
+    assert not np.array_equal(views(2, 6).wave, a.wave)
+
+
+def test_mixup_labels_sum_to_one_and_favour_the_clip(clips):
+    v = _views(clips, mixup_alpha=0.4)(0, 1)
+    assert v.target.sum() == pytest.approx(1.0)
+    assert v.target[clips[1][0]] >= 0.5
+
+
+def test_masks_cover_the_same_hertz_in_both_front_ends(clips):
+    views = _views(clips, freq_mask=20, time_mask=0, mixup_alpha=0, gain_db=0, time_roll=False)
+    v = next(v for v in (views(0, k) for k in range(20)) if v.freq_hz)
+    s = features([v], STUDENT_LOGMEL, RATE)[0, 0].numpy()
+    t = features([v], TEACHER_LOGMEL, RATE)[0, 0].numpy()
+    for lo, hi in v.freq_hz:
+        for x, params in ((s, STUDENT_LOGMEL), (t, TEACHER_LOGMEL)):
+            bands = band_centres_hz(params)
+            masked = (bands >= lo) & (bands <= hi)
+            assert masked.any()
+            rows = x[masked]
+            assert np.allclose(rows, rows.flat[0])  # one fill value over the masked bands
+
+
+def test_teacher_is_asked_once_per_view(clips):
+    calls = []
+
+    class Teacher(torch.nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            return torch.zeros(len(x), 3)
+
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    student(torch.zeros(1, 1, STUDENT_LOGMEL.n_mels, STUDENT_LOGMEL.frames(RATE)))
+    cfg = DistilSection(batch_size=3, views_per_clip=2)
+    d = Distiller(Teacher(), STUDENT_LOGMEL, STUDENT_LOGMEL, clips[0], clips[1], 3, RATE, cfg, seed=0)
+    d.run(student, epochs=4, lr=1e-3, desc="test")
+    # 6 clips x 2 views: epochs 3 and 4 reuse the views of epochs 1 and 2
+    assert d.teacher_calls == 12 and sum(calls) == 12
