@@ -41,8 +41,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     s = report["stages"]
     for name, st in s.items():
         lat = st.get("latency", {}).get("total_ms")
+        per = "crop" if "macs_per_image" in st else "s of audio"  # image tasks count per crop
+        per = per if "macs_per_image" in st or "macs_per_second" in st else "window"  # detector tasks: no MACs
+        macs = st.get("macs_per_image", st.get("macs_per_second"))
         print(f"{name:14s} accuracy {st['accuracy']:.4f}  macro-F1 {st['macro_f1']:.4f}  params {st['params']:>7d}  "
-              f"{st['macs_per_second'] / 1e6:6.2f} M MACs/s" + (f"  {lat:.3f} ms per s of audio" if lat else ""))
+              + (f"{macs / 1e6:6.2f} M MACs per {per}" if macs is not None else "")
+              + (f"  {lat:.3f} ms per {per}" if lat else ""))
     print(f"gate passed; shipped {report['shipped']}")
     return 0
 
@@ -72,15 +76,53 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(duration=args.duration, data=args.data)
+    return run_demo(duration=args.duration, data=args.data, broker=args.broker)
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .runtime import Agent
+    from .runtime import serve
 
     cfg = load_config(args.config)  # refused whole before anything starts
-    return Agent(cfg, args.config).run()
+    return serve(cfg, args.config)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from .signing import generate_keypair, key_id, load_public_key
+
+    try:
+        private, public = generate_keypair(args.out, args.out + ".pub" if not args.out.endswith(".key") else None)
+    except FileExistsError as e:
+        print(f"roadside: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {private} (private, keep it off the devices) and {public} (key id {key_id(load_public_key(public))})")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from .signing import SignatureError, load_public_key, sign_manifest, verify_manifest
+    from .updates import make_bundle
+
+    try:
+        sig = sign_manifest(args.manifest, args.key)
+        if args.verify_with:  # the operator's check that the devices' key accepts it
+            verify_manifest(args.manifest, [load_public_key(args.verify_with)], exclusive=False)
+    except SignatureError as e:
+        print(f"roadside: refused: {e}", file=sys.stderr)
+        return 3
+    print(f"wrote {sig}")
+    if args.bundle:
+        data = make_bundle(Path(args.manifest).parent, args.bundle)
+        print(f"wrote {args.bundle} ({len(data)} bytes)")
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from .health import check_health_file
+
+    ok, why = check_health_file(args.file, args.max_age)
+    print(why, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -109,9 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="play a street scene through the device's front-ends")
-    demo.add_argument("--duration", type=float, default=20.0, help="seconds of audio to play (default 20)")
-    demo.add_argument("--data", help="data directory (default: $ROADSIDE_DATA or ../shared/data)")
+    demo = sub.add_parser("demo", help="the whole system on this machine: brokers, the agent, a street scene "
+                                       "replayed as sensors would send it, alerts as the city receives them")
+    demo.add_argument("--duration", type=float, default=45.0, help="seconds of the scene to play (default 45)")
+    demo.add_argument("--data", help="data directory (default: $ROADSIDE_DATA or ../shared/data; "
+                                     "without one the scene is generated and says so)")
+    demo.add_argument("--broker", choices=["auto", "mosquitto", "python"], default="auto",
+                      help="MQTT brokers: mosquitto when installed (auto), or the in-process Python one")
     demo.set_defaults(func=_cmd_demo)
 
     teacher = sub.add_parser("teacher", help="teacher models (needs the train extra: torch)")
@@ -137,6 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run the edge agent (sensors in over MQTT, alerts out)")
     agent.add_argument("--config", required=True, help="device config, e.g. firmware_configs/test.yaml")
     agent.set_defaults(func=_cmd_agent)
+
+    kg = sub.add_parser("keygen", help="new Ed25519 key pair for signing model bundles")
+    kg.add_argument("--out", required=True, help="private key file (e.g. ops.key); the public key goes beside it "
+                                                 "as .pub (that one goes into the devices' updates.trusted_keys)")
+    kg.set_defaults(func=_cmd_keygen)
+
+    sg = sub.add_parser("sign", help="sign an artefact's manifest.json (after checking its files' sha256)")
+    sg.add_argument("manifest", help="the artefact's manifest.json; manifest.sig is written beside it")
+    sg.add_argument("--key", required=True, help="Ed25519 private key (roadside keygen)")
+    sg.add_argument("--verify-with", help="public key to check the signature with afterwards")
+    sg.add_argument("--bundle", help="also write the bundle (tar) that cmd/model carries or points to")
+    sg.set_defaults(func=_cmd_sign)
+
+    hc = sub.add_parser("health", help="exit 0 if the agent's health file is fresh and healthy, else 1 "
+                                       "(a container HEALTHCHECK)")
+    hc.add_argument("--file", required=True, help="the agent's health file (default {state_dir}/health.json)")
+    hc.add_argument("--max-age", type=float, help="seconds (default: 3 heartbeat periods + 5 s)")
+    hc.set_defaults(func=_cmd_health)
 
     config = sub.add_parser("config", help="device configs")
     csub = config.add_subparsers(dest="config_command", required=True)

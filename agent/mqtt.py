@@ -9,12 +9,19 @@ when the broker refuses the protocol level; and a watchdog: the supervisor drops
 remakes the connection when paho's network thread has died or the owner reports a stall
 (the uplink: a PUBACK overdue). Each connection attempt uses a fresh paho client, so no
 half-sent state from a dead connection is replayed behind the owner's back.
+
+TLS: the configured CA file is the only trust anchor (the system store is not loaded, so a
+certificate from any other CA is refused), the broker's host name is checked against its
+certificate, TLS 1.2 is the floor, and a client certificate is presented when configured.
+The context is rebuilt on every attempt, so rotated certificates are picked up on reconnect.
+Neither the password nor any key material is ever put in a log line or an error.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +30,7 @@ from typing import Callable
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .config import BackoffConfig, BrokerConfig
+from .config import BackoffConfig, BrokerConfig, TlsConfig
 
 log = logging.getLogger(__name__)
 PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
@@ -47,6 +54,21 @@ class Will:
     retain: bool = True
 
 
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """A client context that trusts ``tls.ca_file`` only (pinned) and presents the client certificate, if any."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED by default
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cafile=str(tls.ca_file))
+    if tls.cert_file is not None:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=_no_passphrase)
+    return ctx
+
+
+def _no_passphrase() -> bytes:
+    # Without this, OpenSSL would prompt on the terminal for an encrypted key: a daemon would hang.
+    raise ValueError("key_file is encrypted; the agent takes an unencrypted key protected by file permissions")
+
+
 def backoff_delay(attempt: int, cfg: BackoffConfig, rng: random.Random = random) -> float:
     """Full jitter: uniform in [0, min(max_s, initial_s * 2**attempt)]."""
     return rng.uniform(0.0, min(cfg.max_s, cfg.initial_s * (2 ** min(attempt, 30))))
@@ -66,6 +88,7 @@ class Connection:
         self.protocol_in_use: str | None = None
         self.last_error: MqttError | None = None
         self.connects = 0  # successful connections, for the health message
+        self.changed_at = time.monotonic()  # when ``connected`` last changed (how long offline, for health)
         self._subs: list[tuple[str, int]] = []
         self._client: paho.Client | None = None
         self._stop = threading.Event()
@@ -117,9 +140,7 @@ class Connection:
             password = self.broker.password_file.read_text().strip() if self.broker.password_file else None
             client.username_pw_set(self.broker.username, password)
         if self.broker.tls is not None:
-            t = self.broker.tls
-            client.tls_set(ca_certs=str(t.ca_file), certfile=str(t.cert_file) if t.cert_file else None,
-                           keyfile=str(t.key_file) if t.key_file else None)
+            client.tls_set_context(tls_context(self.broker.tls))
         will = self.will() if callable(self.will) else self.will
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
@@ -127,7 +148,12 @@ class Connection:
 
     def _connect_once(self, proto: str) -> paho.Client:
         """A connected client (CONNACK success within the timeout), or MqttError."""
-        client = self._new_client(proto)
+        tls = ", TLS" if self.broker.tls else ""
+        where = f"{self.name} {self.broker.host}:{self.broker.port} (MQTT {proto}{tls})"
+        try:
+            client = self._new_client(proto)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError: unreadable CA, key that does not match
+            raise MqttError(-1, f"{type(e).__name__}: {e}", f"set up {where}") from None
         result: dict = {}
         done = threading.Event()
 
@@ -145,7 +171,6 @@ class Connection:
         client.on_message = lambda c, u, msg: self.on_message(msg) if self.on_message else None
         client.on_publish = lambda c, u, mid, reason, props: (
             self.on_publish_cb(mid, not reason.is_failure) if self.on_publish_cb and c is self._client else None)
-        where = f"{self.name} {self.broker.host}:{self.broker.port} (MQTT {proto})"
         try:
             client.connect(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
         except (OSError, ValueError) as e:
@@ -182,11 +207,13 @@ class Connection:
             for topic, qos in self._subs:
                 client.subscribe(topic, qos)
             self.connected.set()
+            self.changed_at = time.monotonic()
             log.info("%s connected to %s:%d (MQTT %s)", self.name, self.broker.host, self.broker.port, proto)
             if self.on_connect_cb:
                 self.on_connect_cb()
             self._watch(client)
             self.connected.clear()
+            self.changed_at = time.monotonic()
             client.loop_stop()
             client.disconnect()
             self._client = None

@@ -79,9 +79,12 @@ class Rule:
                 continue
             s.peak = max(s.peak, p)
             held = (end_ms - s.first_end_ms) / 1000.0
+            if held < 0:  # the clock stepped back during the event: measure its duration from here
+                s.first_end_ms, held = end_ms, 0.0
             if not s.fired and held >= self.cfg.min_duration_s:
                 s.fired = True  # fired or suppressed: one decision per event
-                if end_ms - s.last_fired_ms >= self.cfg.cooldown_s * 1000.0:
+                since = end_ms - s.last_fired_ms  # < 0: the clock stepped back; the cooldown is over
+                if since >= self.cfg.cooldown_s * 1000.0 or since < 0:
                     s.last_fired_ms = end_ms
                     events.append(Event(name, round(s.peak, 3), int(s.start_ms), int(end_ms)))
         return events

@@ -95,9 +95,24 @@ def _splits(recipe: CompressionRecipe, data) -> tuple[Path, list, list]:
     return root, train, val
 
 
+# task -> "module:function(recipe, recipe_path, data, out, work) -> report" of its chain
+CHAINS: dict[str, str] = {"noise": "compression.pipeline:run_noise",
+                          "vehicles": "compression.chains.vehicles:run_vehicles",
+                          "congestion": "compression.chains.congestion:run_congestion"}
+
+
 def run(recipe_path: Path, data=None, out: Path | None = None, work: Path | None = None, **overrides) -> dict:
-    """The recipe's teacher checkpoint through the chain (``roadside compress``)."""
+    """``roadside compress``: the recipe's chain for its task. Raises GateFailed when the result must not ship."""
+    import importlib
+
     recipe = load_recipe(recipe_path, **overrides)
+    module, name = CHAINS[recipe.task].split(":")
+    return getattr(importlib.import_module(module), name)(recipe, recipe_path, data, out, work)
+
+
+def run_noise(recipe: CompressionRecipe, recipe_path: Path, data=None, out: Path | None = None,
+              work: Path | None = None) -> dict:
+    """The recipe's teacher checkpoint through the noise chain."""
     teacher_path = Path(recipe.teacher.checkpoint)
     teacher_path = teacher_path if teacher_path.is_absolute() else REPO / teacher_path
     teacher, tcfg = load_checkpoint(teacher_path)
@@ -208,23 +223,32 @@ def compress(teacher: torch.nn.Module, teacher_frontend: dict, labels: list[str]
 
 def prune_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib: np.ndarray,
                 distiller: Distiller, params: int) -> tuple[list[dict], list[dict]]:
-    """Prune to ``prune.target_params`` in ``prune.steps`` steps, KD fine-tuning after each."""
+    """Prune in ``prune.steps`` steps (to the plan, or to ``prune.target_params``), KD fine-tuning after each."""
     cfg, log_steps, history = recipe.prune, [], []
     x = torch.from_numpy(calib)
-    for k, target in enumerate(prune.step_targets(params, cfg.target_params, cfg.steps)):
+    planned = cfg.method == "reconstruct" and cfg.plan is not None
+    targets = [0] * cfg.steps if planned else prune.step_targets(params, cfg.target_params, cfg.steps)
+    widths = None
+    for k, target in enumerate(targets):
         before = prune.count(student, example)
         if cfg.method == "reconstruct":
             from . import reconstruct
 
-            keep = reconstruct.plan_keep(student, example, target)
-            reconstruct.reconstruct(student, x, keep)
+            if planned:
+                widths = widths or reconstruct.widths(student)
+                keep = reconstruct.apply_plan(student, x, widths, cfg.plan, (k + 1) / cfg.steps)
+            else:
+                keep = reconstruct.plan_keep(student, example, target)
+                reconstruct.reconstruct(student, x, keep)
             macs, n = prune.count(student, example)
             info = {"method": "reconstruct", "keep": keep, "macs_before": before[0], "params_before": before[1],
                     "macs": macs, "params": n}
         else:
             info = {"method": "magnitude", **prune.prune_step(student, example, target, cfg.round_to,
                                                                cfg.max_layer_ratio, student.pruning_protected())}
-        history += distiller.run(student, cfg.epochs_per_step, cfg.lr, f"prune{k + 1}")
+        last = k == len(targets) - 1
+        epochs = cfg.final_epochs if last and cfg.final_epochs is not None else cfg.epochs_per_step
+        history += distiller.run(student, epochs, cfg.lr, f"prune{k + 1}")
         log_steps.append(info)
     return log_steps, history
 

@@ -62,15 +62,34 @@ class DistilSection(StrictModel):
     augment: AugmentSection = AugmentSection()
 
 
+class BlockKeep(StrictModel):
+    keep: float = Field(gt=0, le=1, description="fraction of the block's expanded channels kept (rounded to 8)")
+    se_keep: float = Field(1.0, ge=0, le=1, description="fraction of its squeeze-excitation bottleneck kept; "
+                                                        "0 removes the SE (the projection re-fit absorbs its mean gate)")
+
+
+class PrunePlan(StrictModel):
+    """Where the parameters go: mn04's blocks differ 100x in size, so a uniform fraction either
+    guts the cheap early blocks (which carry the accuracy) or leaves the wide late ones too big."""
+    blocks: dict[int, BlockKeep] = Field(description="by block index (body.features.N); unlisted blocks keep "
+                                                     "every channel")
+    embedding: float = Field(1.0, gt=0, le=1, description="fraction of the last conv's channels kept")
+    hidden: float = Field(1.0, gt=0, le=1, description="fraction of the classifier's hidden units kept")
+
+
 class PruneSection(StrictModel):
     enabled: bool = True
     method: Literal["reconstruct", "magnitude"] = Field(
         "reconstruct", description="reconstruct: keep channels by their contribution on calibration clips and "
                                    "re-fit the next layer by least squares (slim_teacher only); magnitude: L2 "
                                    "ranking per layer (any student)")
-    target_params: int = Field(120_000, ge=1, description="prune until the model has at most this many parameters")
+    target_params: int = Field(120_000, ge=1, description="prune until the model has at most this many parameters "
+                                                          "(uniform fractions; not used with a plan)")
+    plan: PrunePlan | None = Field(None, description="reconstruct only: per-block fractions, reached in `steps` "
+                                                     "geometric steps; the budget gate checks the result")
     steps: int = Field(3, ge=1, description="prune in this many steps, each followed by KD fine-tuning")
     epochs_per_step: int = Field(5, ge=0, description="KD epochs after each pruning step")
+    final_epochs: int | None = Field(None, ge=0, description="KD epochs after the last step (default epochs_per_step)")
     lr: float = Field(5e-4, gt=0, description="peak learning rate of the KD fine-tuning after each step")
     round_to: int = Field(8, ge=1, description="keep channel counts multiples of this (tensor cores want 8)")
     max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more of one layer than this")
@@ -113,9 +132,36 @@ class CompressionRecipe(StrictModel):
     gate: GateSection = GateSection()
 
 
-def load_recipe(path: Path | str, **overrides: Any) -> CompressionRecipe:
-    """Load and validate; ``overrides`` are dotted keys (``{"distil.epochs": 1}``), validated too."""
-    recipe = load_yaml(path, CompressionRecipe)
+# task -> "module:Class" of its recipe schema; each task's chain lives in its own module
+# (CHAINS in pipeline.py), so adding a task adds one line here and one there.
+RECIPES: dict[str, str] = {"noise": "compression.recipe:CompressionRecipe",
+                           "vehicles": "compression.chains.vehicles_recipe:VehiclesRecipe",
+                           "congestion": "compression.chains.congestion_recipe:CongestionRecipe"}
+
+
+def recipe_class(task: Any, source: str) -> type[StrictModel]:
+    import importlib
+
+    from agent.schema import ConfigError
+
+    if task not in RECIPES:
+        raise ConfigError(source, [f"task: {task!r} is not a known task (known: {sorted(RECIPES)})"])
+    module, name = RECIPES[task].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_recipe(path: Path | str, **overrides: Any) -> StrictModel:
+    """Load and validate against the schema of the recipe's ``task``; ``overrides`` are dotted
+    keys (``{"distil.epochs": 1}``), validated too."""
+    import yaml
+
+    from agent.schema import validate
+
+    try:
+        task = (yaml.safe_load(Path(path).read_text()) or {}).get("task", "noise")
+    except (OSError, yaml.YAMLError, AttributeError):
+        task = "noise"  # load_yaml below reports the unreadable file or bad YAML with its line
+    recipe = load_yaml(path, recipe_class(task, str(path)))
     if not overrides:
         return recipe
     data = recipe.model_dump()
@@ -125,6 +171,4 @@ def load_recipe(path: Path | str, **overrides: Any) -> CompressionRecipe:
         for p in parents:
             node = node[p]
         node[leaf] = value
-    from agent.schema import validate
-
-    return validate(CompressionRecipe, data, f"{path} (with overrides {sorted(overrides)})")
+    return validate(type(recipe), data, f"{path} (with overrides {sorted(overrides)})")

@@ -93,13 +93,18 @@ def _prune(model: nn.Module, example: torch.Tensor, layer: nn.Module, remove: li
 
 
 def prune_block(student: nn.Module, original: nn.Module, block_index: int, keep: float,
-                x: torch.Tensor, example: torch.Tensor) -> None:
-    """Prune and re-fit one inverted-residual block of ``student.body`` (see the module docstring)."""
+                x: torch.Tensor, example: torch.Tensor, se_keep: float | None = None) -> None:
+    """Prune and re-fit one inverted-residual block of ``student.body`` (see the module docstring).
+    ``se_keep`` 0 removes the block's squeeze-excitation: the projection re-fit (step 3) then
+    absorbs the gate's average, and the block loses five small operators and most of its weights."""
     blk = student.body.features[block_index]
     oblk = original.body.features[block_index]
     if not isinstance(blk, InvertedResidual) or len(blk.block) < 3:
         return  # features.1 has no expansion
     has_se = isinstance(blk.block[2], ConcurrentSEBlock)
+    if has_se and se_keep == 0:
+        blk.block[2] = nn.Identity()
+        has_se = False
     proj, oproj = blk.block[-1][0], oblk.block[-1][0]
     expand = blk.block[0][0]
     width = expand.out_channels
@@ -123,7 +128,7 @@ def prune_block(student: nn.Module, original: nn.Module, block_index: int, keep:
         target = _capture(original, ose.fc2, x, positions=None, output=True)  # original gate logits
         kept_channels = [c for c in range(width) if c not in set(removed)]
         target = target[:, kept_channels]
-        ks = min(se.fc1.out_features, round8(se.fc1.out_features * keep))
+        ks = min(se.fc1.out_features, round8(se.fc1.out_features * (keep if se_keep is None else se_keep)))
         contrib = s_in.abs().mean(0).float() * se.fc2.weight.detach().norm(dim=0)
         removed_s = _keep(contrib, ks)
         _prune(student, example, se.fc1, removed_s, tp.prune_linear_out_channels)
@@ -217,3 +222,39 @@ def plan_keep(student: nn.Module, example: torch.Tensor, target_params: int, fir
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if params(mid) <= target_params else (lo, mid)  # keep the largest that fits
     return lo
+
+
+def widths(student: nn.Module) -> dict:
+    """The prunable widths of a SlimTeacher: per block (expanded, SE bottleneck), embedding, hidden."""
+    blocks = {}
+    for i, blk in enumerate(student.body.features):
+        if isinstance(blk, InvertedResidual) and len(blk.block) >= 3:
+            se = blk.block[2].conc_se_layers[0].fc1.out_features if isinstance(blk.block[2], ConcurrentSEBlock) else 0
+            blocks[i] = (blk.block[0][0].out_channels, se)
+    return {"blocks": blocks, "embedding": student.body.features[-1][0].out_channels,
+            "hidden": student.body.classifier[2].out_features}
+
+
+def apply_plan(student: nn.Module, x: torch.Tensor, original_widths: dict, plan, fraction: float = 1.0,
+               progress: Callable[[str], None] = log.info) -> dict:
+    """Prune ``student`` in place towards ``plan`` (a recipe PrunePlan): after this call block i keeps
+    ``original width * keep_i ** fraction`` channels, so steps of fraction 1/3, 2/3, 1 shrink it
+    geometrically and the last lands on the plan. Returns the widths reached."""
+    original = copy.deepcopy(student).eval()
+    example = x[:1]
+    now = widths(student)
+    for i, spec in sorted(plan.blocks.items()):
+        if i not in now["blocks"]:
+            raise ValueError(f"prune.plan.blocks.{i}: not an expanding inverted-residual block "
+                             f"(those are {sorted(now['blocks'])})")
+        (w0, s0), (w, s) = original_widths["blocks"][i], now["blocks"][i]
+        se_keep = None
+        if s:  # the SE still exists: shrink it, or remove it on the last step when the plan says 0
+            se_keep = 0.0 if spec.se_keep == 0 and fraction >= 1 else \
+                max(s0 * max(spec.se_keep, 8 / s0) ** fraction, 8) / s
+        prune_block(student, original, i, w0 * spec.keep ** fraction / w, x, example, se_keep=se_keep)
+        progress(f"block {i}: {student.body.features[i].block[0][0].out_channels} expanded channels")
+    e0, h0 = original_widths["embedding"], original_widths["hidden"]
+    prune_head(student, original, e0 * plan.embedding ** fraction / now["embedding"],
+               h0 * plan.hidden ** fraction / now["hidden"], x, example)
+    return widths(student)

@@ -22,6 +22,8 @@ class DeviceSection(StrictModel):
                             description="outbox, boot counter and engine cache; relative paths are under the config's folder")
     time_quality: Literal["auto", "synced", "free_running"] = Field(
         "auto", description="'auto' asks the kernel (adjtimex) whether the clock is NTP/PTP-synchronised")
+    max_sensors: int = Field(16, ge=1, le=1024, description="sensors per kind (audio, camera, detector) the agent "
+                             "keeps state for; messages from more are dropped as 'too_many_sensors' (bounded memory)")
 
     @field_validator("timezone")
     @classmethod

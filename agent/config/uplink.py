@@ -11,9 +11,16 @@ from ..schema import StrictModel
 
 
 class TlsConfig(StrictModel):
-    ca_file: Path = Field(description="CA bundle that signed the broker's certificate")
+    ca_file: Path = Field(description="the CA that signed the broker's certificate: the only one trusted (pinned)")
     cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
-    key_file: Path | None = Field(None, description="client key (mutual TLS)")
+    key_file: Path | None = Field(None, description="client key (mutual TLS); its contents are never logged")
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="oldest TLS version accepted")
+
+    @model_validator(mode="after")
+    def _pair(self):
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
+        return self
 
 
 class BrokerConfig(StrictModel):

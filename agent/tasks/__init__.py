@@ -49,6 +49,7 @@ class LoadedModel:
     contract: Contract
     backend: Loaded
     info: ModelInfo
+    example_shape: tuple[int, ...] | None = None  # the input its dry run took (for the smoke test)
 
 
 def load_model(task: str, frontend_kind: str, model_path: Path, backend_cfg: Any, cache_dir: Path) -> LoadedModel:
@@ -75,10 +76,12 @@ def check_frontend(contract: Contract, params: Any) -> None:
 def run_example(model: LoadedModel, example: np.ndarray) -> np.ndarray:
     """One inference on one example (batch of 1); ContractError if the model does not take its shape."""
     try:
-        return np.asarray(model.backend.run(example[None].astype(np.float32)))
+        out = np.asarray(model.backend.run(example[None].astype(np.float32)))
     except Exception as e:  # onnxruntime raises its own exception types on a shape mismatch
         raise ContractError(f"{model.contract.model_path}: model does not accept the front-end's output "
                             f"{tuple(example.shape)} ({type(e).__name__}: {str(e)[:200]})") from None
+    model.example_shape = (1, *example.shape)
+    return out
 
 
 def dry_run(model: LoadedModel, example: np.ndarray, out: np.ndarray | None = None) -> None:
@@ -87,3 +90,30 @@ def dry_run(model: LoadedModel, example: np.ndarray, out: np.ndarray | None = No
     if out.ndim != 2 or out.shape[1] != len(model.contract.labels):
         raise ContractError(f"{model.contract.model_path}: model outputs shape {out.shape}, expected "
                             f"(1, {len(model.contract.labels)}) for labels {list(model.contract.labels)}")
+
+
+class SmokeTestError(ContractError):
+    """A model that loads but computes garbage on the smoke inputs."""
+
+
+def smoke_test(model: LoadedModel, seed: int = 0) -> None:
+    """Inference on silence-like and noise-like inputs of the dry run's shape: finite logits, one per label.
+
+    Run on a model loaded beside the running one, before it is swapped in: a model that
+    loads but computes garbage (NaN, Inf, wrong width) never replaces a working one.
+    """
+    if model.example_shape is None:
+        raise ContractError(f"{model.contract.model_path}: smoke test before any dry run")
+    rng = np.random.default_rng(seed)
+    for name, x in (("zeros", np.zeros(model.example_shape, np.float32)),
+                    ("noise", rng.standard_normal(model.example_shape).astype(np.float32))):
+        try:
+            out = np.asarray(model.backend.run(x))
+        except Exception as e:
+            raise SmokeTestError(f"{model.contract.model_path}: smoke inference on {name} failed "
+                                f"({type(e).__name__}: {str(e)[:200]})") from None
+        if out.shape != (1, len(model.contract.labels)):
+            raise SmokeTestError(f"{model.contract.model_path}: smoke inference on {name} gave shape {out.shape}, "
+                                f"expected (1, {len(model.contract.labels)})")
+        if not np.isfinite(out).all():
+            raise SmokeTestError(f"{model.contract.model_path}: smoke inference on {name} gave non-finite logits")

@@ -1,0 +1,161 @@
+"""Commands from the city: ``{prefix}/{site}/{device}/cmd/{name}`` in, ``.../cmd/{name}/ack`` out.
+
+Every command is a JSON object with an ``id`` and is answered once on its ack topic with the
+outcome (a duplicate delivery, same id, gets the same answer again and is not run twice)::
+
+    {"v":1,"id":"upd-42","cmd":"model","ok":true,"status":"applied","ts":...,"ch":"<config hash>",
+     "model":{"task":"noise","sha256":"<64 hex>","version":"0.9.1"}}
+    {"v":1,"id":"upd-43","cmd":"model","ok":false,"status":"refused","stage":"verify",
+     "reason":"verify: .../manifest.sig: signature does not verify against any trusted key ...",...}
+
+status: ``applied``, ``unchanged`` (already running that), ``refused`` (nothing was loaded),
+``rolled_back`` (the new model failed to load or its smoke inference; the old one never
+stopped). Commands run one at a time on their own thread, never on the MQTT thread.
+Who may send them is the broker's ACL (docs/mqtt.md); model bundles are also signed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Callable, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from .schema import StrictModel, format_errors
+
+if TYPE_CHECKING:
+    from .runtime import Agent
+
+log = logging.getLogger("roadside.commands")
+MAX_REASON = 400
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class ModelCommand(StrictModel):
+    id: str = Field(pattern=ID_PATTERN, description="echoed in the ack; a repeated id is answered, not re-run")
+    task: Literal["noise", "vehicles", "congestion"]
+    bundle: str | None = Field(None, description="the bundle (tar), base64")
+    url: str | None = Field(None, description="http(s) address of the bundle")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="the bundle's sha256 (with url)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.bundle is None) == (self.url is None):
+            raise ValueError("exactly one of bundle (inline, base64) or url")
+        return self
+
+
+class ReloadCommand(StrictModel):
+    id: str = Field(pattern=ID_PATTERN)
+    config: str | None = Field(None, description="a whole new config (YAML text); absent: re-read the config file")
+
+
+COMMANDS: dict[str, type[StrictModel]] = {"model": ModelCommand, "reload": ReloadCommand}
+
+
+class Refused(Exception):
+    """A command answered ``refused`` (or ``rolled_back``), with the stage that said no."""
+
+    def __init__(self, reason: str, stage: str | None = None, status: str = "refused"):
+        self.reason, self.stage, self.status = reason, stage, status
+        super().__init__(reason)
+
+
+def parse(name: str, payload: bytes) -> StrictModel:
+    if name not in COMMANDS:
+        raise Refused(f"unknown command {name!r} (known: {sorted(COMMANDS)})", "parse")
+    try:
+        data = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Refused(f"not a JSON object ({e})", "parse") from None
+    try:
+        return COMMANDS[name].model_validate(data)
+    except ValidationError as e:
+        raise Refused("; ".join(format_errors(e, name)), "parse") from None
+
+
+class Commands:
+    """A queue and a thread: ``submit`` from the MQTT thread, run in order, answer each."""
+
+    def __init__(self, agent: "Agent", publish: Callable[[str, bytes], None] | None = None, max_queued: int = 8):
+        self.agent, self.publish = agent, publish
+        self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=max_queued)
+        self._answers: OrderedDict[tuple, dict] = OrderedDict()  # recent (command, id) -> its answer
+        self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
+        self._stop = threading.Event()
+
+    def submit(self, name: str, payload: bytes) -> None:
+        try:
+            self._queue.put_nowait((name, payload))
+        except queue.Full:
+            self._answer(name, _peek_id(payload), {"ok": False, "status": "refused", "stage": "queue",
+                                                   "reason": "busy: too many commands waiting"})
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self._queue.put_nowait(("", b""))  # wake the thread (an empty name is the stop marker)
+        except queue.Full:
+            pass  # it is busy and will see the stop flag after the current command
+        self._thread.join(5.0)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            name, payload = self._queue.get()
+            if not name:
+                continue
+            try:
+                self.handle(name, payload)
+            except Exception:  # a command bug must not take the command thread down
+                log.exception("command %s failed", name)
+
+    def handle(self, name: str, payload: bytes) -> dict:
+        cmd_id = _peek_id(payload)
+        if cmd_id is not None and (name, cmd_id) in self._answers:
+            log.info("command %s %s: repeated id, answered again", name, cmd_id)
+            return self._answer(name, cmd_id, self._answers[(name, cmd_id)], remember=False)
+        t0 = time.monotonic()
+        try:
+            cmd = parse(name, payload)
+            outcome = {"ok": True, **getattr(self.agent, f"cmd_{name}")(cmd)}
+        except Refused as e:
+            outcome = {"ok": False, "status": e.status, "stage": e.stage, "reason": e.reason[:MAX_REASON]}
+        outcome["s"] = round(time.monotonic() - t0, 2)
+        level = logging.INFO if outcome["ok"] else logging.WARNING
+        log.log(level, "command %s %s: %s%s", name, cmd_id, outcome["status"],
+                f" ({outcome['reason']})" if "reason" in outcome else "")
+        ack = self._answer(name, cmd_id, outcome)
+        if outcome.get("restart"):
+            self.agent.stop()  # after the answer is queued: it goes out before the clean disconnect
+        return ack
+
+    def _answer(self, name: str, cmd_id: str | None, outcome: dict, remember: bool = True) -> dict:
+        if remember and cmd_id is not None:
+            self._answers[(name, cmd_id)] = outcome
+            while len(self._answers) > 64:
+                self._answers.popitem(last=False)
+        ack = {"v": 1, "id": cmd_id, "cmd": name, "ts": int(time.time() * 1000),
+               "ch": self.agent.origin.config_hash, **outcome}
+        if self.publish is not None:
+            self.publish(name, json.dumps(ack, separators=(",", ":")).encode())
+        return ack
+
+
+def _peek_id(payload: bytes) -> str | None:
+    """The command's id if it has a usable one (so that even a refused command is answered by id)."""
+    try:
+        cid = json.loads(payload).get("id")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None
