@@ -83,8 +83,48 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runtime import serve
 
-    cfg = load_config(args.config)  # refused whole before anything starts
-    return serve(cfg, args.config)
+    config = args.config
+    if args.bundle:  # the signed bundle is checked whole before anything is read from it
+        from .bundle import BundleError, verify_bundle
+
+        try:
+            config = verify_bundle(args.bundle, args.trusted_key or [_default_trusted_key()])
+        except BundleError as e:
+            print(f"roadside: refused bundle: {e}", file=sys.stderr)
+            return 3
+        print(f"bundle {args.bundle}: verified", file=sys.stderr)
+    elif args.verify_only:
+        raise ValueError("--verify-only checks a bundle: give --bundle")
+    cfg = load_config(config)  # refused whole before anything starts
+    if args.verify_only:
+        return 0
+    return serve(cfg, config)
+
+
+def _default_trusted_key() -> str:
+    import os
+
+    from .bundle import DEFAULT_TRUSTED_KEY
+
+    return os.environ.get("ROADSIDE_TRUSTED_KEY", str(DEFAULT_TRUSTED_KEY))
+
+
+def _cmd_flash(args: argparse.Namespace) -> int:
+    from .bundle import flash
+
+    key = Path(args.key)
+    if not key.is_file():
+        raise FileNotFoundError(f"--key {key}: no such file (make one with: roadside keygen --out {key})")
+    done = flash(args.config, args.device_id, args.out, key)
+    out = done["out"]
+    print(f"wrote {out}: bundle for device {done['device']} from {args.config}, signed with key {done['key_id']}")
+    for task, m in done["models"].items():
+        print(f"  models/{task}/{m['file']} (sha256 {m['sha256'][:16]}), its manifest signed")
+    for dotted, rel in done["placeholders"].items():
+        print(f"  {rel}: placeholder for {dotted}: replace it on the device")
+    print(f"  install: {out}/README.md; check: roadside agent --bundle {out} --trusted-key "
+          f"{key.with_suffix('.pub')} --verify-only")
+    return 0
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -181,8 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
     comp.set_defaults(func=_cmd_compress)
 
     agent = sub.add_parser("agent", help="run the edge agent (sensors in over MQTT, alerts out)")
-    agent.add_argument("--config", required=True, help="device config, e.g. firmware_configs/test.yaml")
+    source = agent.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="device config, e.g. firmware_configs/test.yaml")
+    source.add_argument("--bundle", help="a device bundle (roadside flash): verified whole before it starts")
+    agent.add_argument("--trusted-key", action="append", metavar="PUB",
+                       help="operator public key the bundle must be signed with (repeatable; default "
+                            "$ROADSIDE_TRUSTED_KEY or /etc/roadside/operator.pub)")
+    agent.add_argument("--verify-only", action="store_true", help="check the bundle and its config, start nothing")
     agent.set_defaults(func=_cmd_agent)
+
+    fl = sub.add_parser("flash", help="write a signed device bundle: config, models, certificate placeholders, "
+                                      "systemd unit")
+    fl.add_argument("--config", required=True, help="firmware config, e.g. firmware_configs/jetson-orin-nano.yaml")
+    fl.add_argument("--device-id", required=True, help="this device's id (topic level; [A-Za-z0-9_-], <= 32)")
+    fl.add_argument("--out", required=True, help="bundle folder to write (new or empty)")
+    fl.add_argument("--key", default="operator.key", help="operator's Ed25519 private key (default operator.key; "
+                                                          "roadside keygen makes one)")
+    fl.set_defaults(func=_cmd_flash)
 
     kg = sub.add_parser("keygen", help="new Ed25519 key pair for signing model bundles")
     kg.add_argument("--out", required=True, help="private key file (e.g. ops.key); the public key goes beside it "

@@ -1,122 +1,401 @@
-"""``roadside demo``: a street scene through the device's audio front-ends.
+"""``roadside demo``: the whole system on one machine, a street scene in, alerts out.
 
-A placeholder for the full demo (embedded broker, agent, alerts upstream), which
-needs the agent itself. What it shows already runs on the device's code path:
-audio arrives in 100 ms chunks as from a microphone, the streaming log-mel front-
-end turns it into frames, and the sound level meter reports LAeq / LAFmax each
-second and L10 / L90 for the whole scene. No torch, no network.
+Two MQTT brokers (the pole's and the city's: mosquitto when installed, else the in-process
+``agent.broker``), ``roadside agent`` as a child process with ``firmware_configs/demo.yaml``
+and the shipped models (a task is left out when its model is not shipped), and the scene
+(``agent.demo_scene``) replayed to the pole's broker in real time, as the sensors would
+send it (``agent.sources.replay``). A subscriber on the city broker prints alerts and level
+summaries as they arrive; at the end, a summary (``agent.demo_report``).
+
+Children are stopped by PID, in order (agent, then brokers), when the scene ends, on Ctrl-C
+and on SIGTERM; a second Ctrl-C during that is ignored so nothing is left half-stopped.
 """
 
 from __future__ import annotations
 
-import math
+import getpass
+import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
-import soundfile as sf
+import yaml
 
-from .features.audio import STUDENT_LOGMEL, StreamingLogMel
-from .features.level import SoundLevelMeter
-from .features.resample import resample
+from .broker import MqttBroker
+from .demo_report import DemoResult, alert_line, format_summary, summarise
+from .demo_scene import REPO, Scene, build_scene, find_data
 
-SAMPLE_RATE = STUDENT_LOGMEL.sample_rate
-CHUNK_SECONDS = 0.1
-# Uncalibrated demo microphone: dBFS + 100 -> dB SPL (a real device reads this from its config,
-# set with a 94 dB calibrator).
-DEMO_CALIBRATION_DB = 100.0
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-LABELS = ("air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
-          "engine_idling", "gun_shot", "jackhammer", "siren", "street_music")
+DEFAULT_DURATION = 45.0
+CONFIG = REPO / "firmware_configs" / "demo.yaml"
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+INPUTS = {"noise": "audio", "vehicles": "camera", "congestion": "detector"}
+Say = Callable[[str], None]
 
 
-def _find_clips(data: str | None) -> list[Path]:
-    """Clips from ``--data``, else $ROADSIDE_DATA, else ../shared/data; [] means "play a synthetic scene".
+# ---------------------------------------------------------------------------- brokers
 
-    A directory the user named and that holds no clips is an error, never a silent fallback.
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mosquitto:
+    """mosquitto on 127.0.0.1 as a child process (no persistence), stopped by its PID."""
+
+    name = "mosquitto"
+
+    def __init__(self, folder: Path, timeout: float = 10.0):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        conf = folder / "mosquitto.conf"
+        # As root, mosquitto would switch to user "mosquitto", which cannot write the log here.
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                        f"log_dest file {folder}/mosquitto.log\nuser {getpass.getuser()}\n")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}; see {folder}/mosquitto.log")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"mosquitto did not accept connections on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+class InProcessBroker(MqttBroker):
+    name = "in-process MQTT 3.1.1 broker"
+    pid = None
+
+
+def start_broker(kind: str, folder: Path):
+    if kind == "mosquitto" or (kind == "auto" and Path(MOSQUITTO).is_file()):
+        if not Path(MOSQUITTO).is_file():
+            raise FileNotFoundError(f"--broker mosquitto: mosquitto not found (PATH, {MOSQUITTO})")
+        return Mosquitto(folder)
+    return InProcessBroker().start()
+
+
+# --------------------------------------------------------------------- city subscriber
+
+class Upstream:
+    """Subscribes to everything the agent sends the city; prints alerts and summaries as they arrive."""
+
+    def __init__(self, port: int, say: Say | None, prefix: str = "roadside/v1/#"):
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[float, str, bytes]] = []
+        self.t0 = time.time()
+        self.say = say
+        self._lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"demo-city-{os.getpid()}",
+                                  protocol=paho.MQTTv311)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(prefix, qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        now = time.time()
+        with self._lock:
+            self.messages.append((now, msg.topic, msg.payload))
+        line = alert_line(now, self.t0, msg.topic, msg.payload) if self.say else None
+        if line:
+            self.say(line)
+
+    def snapshot(self) -> list[tuple[float, str, bytes]]:
+        with self._lock:
+            return list(self.messages)
+
+    def payloads(self, suffix: str) -> list[tuple[float, dict]]:
+        out = []
+        for t, topic, p in self.snapshot():
+            if topic.endswith(suffix) and p:
+                try:
+                    out.append((t, json.loads(p)))
+                except ValueError:
+                    continue
+        return out
+
+    def wait(self, predicate: Callable[[], object], timeout: float, alive: Callable[[], bool] = lambda: True):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and alive():
+            got = predicate()
+            if got:
+                return got
+            time.sleep(0.1)
+        return predicate()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+# ----------------------------------------------------------------------------- agent
+
+class AgentChild:
+    """``roadside agent --config`` as a child process, its log in a file, stopped by PID."""
+
+    def __init__(self, config: Path, log: Path):
+        self.log = log
+        self._out = open(log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "agent", "--config", str(config)],
+                                     cwd=REPO, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stats(self) -> dict:
+        """Peak RSS and CPU seconds so far (Linux /proc), for the summary."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+            hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, StopIteration, ValueError, IndexError):
+            return {"pid": self.pid}
+        return {"pid": self.pid, "rss_peak_mb": hwm / 1024, "cpu_s": cpu}
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)  # the agent's clean stop: state "offline", queue drained
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._out.close()
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+# ---------------------------------------------------------------------------- config
+
+def demo_config(work: Path, sensors_port: int, city_port: int, overrides: dict | None = None
+                ) -> tuple[Path, dict, dict[str, str]]:
+    """The demo config with ports, state folder and shipped models filled in; validated.
+
+    Returns (path, the config as a dict, {task left out: why}).
     """
-    named = data or os.environ.get("ROADSIDE_DATA")
-    root = Path(named) if named else DEFAULT_DATA
-    folder = root / "urbansound8k" if (root / "urbansound8k").is_dir() else root
-    clips = sorted(folder.glob("fold*/*.flac")) or sorted(folder.glob("*.flac"))
-    if named and not clips:
-        raise FileNotFoundError(f"no UrbanSound8K clips in {root} (looked in {folder}/fold*/ and {folder}/)")
-    return clips
+    from .config import load_config
 
-
-def real_scene(clips: list[Path], seconds: float) -> tuple[np.ndarray, list[str]]:
-    """One clip of each class in turn (deterministic), until ``seconds`` are filled."""
-    by_class: dict[int, list[Path]] = {}
-    for c in clips:
-        by_class.setdefault(int(c.name.split("-")[1]), []).append(c)
-    order = [8, 1, 5, 3, 7, 9, 0, 4, 2, 6]  # siren first: the loudest story
-    parts, story, total = [], [], 0
-    while total < seconds * SAMPLE_RATE:
-        cls = order[len(parts) % len(order)]
-        pool = by_class.get(cls)
-        if not pool:
-            order.remove(cls)
-            if not order:
-                break
+    if not CONFIG.is_file():
+        raise FileNotFoundError(f"{CONFIG} not found: roadside demo runs from a clone of the repository")
+    raw = yaml.safe_load(CONFIG.read_text())
+    skipped = {}
+    for name, task in list(raw["tasks"].items()):
+        model = REPO / task["model"]
+        manifest = model.parent / "manifest.json"
+        if not model.is_file() or not manifest.is_file():
+            skipped[name] = f"no shipped model at {task['model']}"
+            del raw["tasks"][name]
             continue
-        path = pool[(len(parts) // len(order)) % len(pool)]
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        x = resample(x.mean(axis=1), sr, SAMPLE_RATE)
-        parts.append(x)
-        story.append(f"{total / SAMPLE_RATE:5.1f}s {LABELS[cls]} ({path.name})")
-        total += len(x)
-    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)], story
+        labels = json.loads(manifest.read_text()).get("labels", [])
+        task["rule"]["classes"] = {c: r for c, r in task["rule"]["classes"].items() if c in labels}
+        if not task["rule"]["classes"]:
+            skipped[name] = f"none of the demo's alerting classes is among the model's labels {labels}"
+            del raw["tasks"][name]
+            continue
+        task["model"] = str(model)
+    raw["sources"][0]["broker"]["port"] = sensors_port
+    raw["uplink"]["broker"]["port"] = city_port
+    raw["device"]["state_dir"] = str(work / "state")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *head, last = dotted.split(".")
+        for k in head:
+            node = node[k]
+        node[last] = value
+    path = work / "agent.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_config(path)  # refused whole, naming the key, before anything starts
+    return path, raw, skipped
 
 
-def synthetic_scene(seconds: float) -> tuple[np.ndarray, list[str]]:
-    """Traffic-like noise with a siren sweep and two horn blasts. Generated, not recorded."""
-    rng = np.random.default_rng(0)
-    n = int(seconds * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    brown = np.cumsum(rng.standard_normal(n)).astype(np.float32)
-    brown -= np.convolve(brown, np.ones(1601) / 1601, mode="same")  # remove the drift
-    x = 0.02 * brown / (np.abs(brown).max() + 1e-9)
-    siren = (t > seconds * 0.3) & (t < seconds * 0.6)
-    x += siren * 0.2 * np.sin(2 * np.pi * (700 * t + 150 * np.sin(2 * np.pi * 0.5 * t) / (2 * np.pi * 0.5)))
-    for start in (0.75, 0.8):
-        horn = (t > seconds * start) & (t < seconds * start + 0.4)
-        x += horn * 0.3 * np.sign(np.sin(2 * np.pi * 420 * t))
-    story = ["  0.0s traffic noise (synthetic)", f"{seconds * 0.3:5.1f}s siren sweep (synthetic)",
-             f"{seconds * 0.75:5.1f}s two horn blasts (synthetic)"]
-    return x.astype(np.float32), story
+# ------------------------------------------------------------------------------- run
+
+def _describe(raw: dict, skipped: dict[str, str], scene: Scene, root: Path | None, duration: float) -> list[str]:
+    lines = [f"roadside demo: {duration:.0f} s of a street scene, replayed over MQTT as a roadside unit's sensors "
+             f"would send it"]
+    if root is None:
+        lines.append("  no data folder found (--data, $ROADSIDE_DATA, ../shared/data): this scene is SYNTHETIC")
+    elif scene.synthetic:
+        lines.append(f"  data: {root}; SYNTHETIC streams (not in the data folder): {', '.join(scene.synthetic)}")
+    else:
+        lines.append(f"  data: {root} (real recordings)")
+    lines += ["  scene:"] + [f"    {s}" for s in scene.story]
+    tasks = [f"{n} ({Path(t['model']).relative_to(REPO) if Path(t['model']).is_relative_to(REPO) else t['model']}; "
+             f"alerts on {', '.join(t['rule']['classes'])})" for n, t in raw["tasks"].items()]
+    lines.append("  tasks: " + "; ".join(tasks + (["sound level meter"] if raw.get("level") else [])))
+    for name, why in skipped.items():
+        lines.append(f"  {name}: left out ({why}); its {INPUTS[name]} stream is not played")
+    return lines
 
 
-def run_demo(duration: float = 20.0, data: str | None = None) -> int:
+def run_scene(duration: float, data: str | None = None, broker: str = "auto", say: Say | None = print,
+              overrides: dict | None = None) -> tuple[DemoResult, dict]:
+    """Brokers, agent, replay, subscriber; returns what was seen upstream and the config used."""
+    from .sources.replay import replay
+
     if not duration > 0:
         raise ValueError(f"--duration must be positive, got {duration}")
-    clips = _find_clips(data)
-    if clips:
-        wave, story = real_scene(clips, duration)
-        print(f"roadside demo: a street scene of {len(wave) / SAMPLE_RATE:.0f} s from real UrbanSound8K clips")
-    else:
-        wave, story = synthetic_scene(duration)
-        print(f"roadside demo: no data directory found, so this scene is SYNTHETIC ({duration:.0f} s)")
-    print("(placeholder until the agent lands: front-ends and sound level meter only; no broker, no models)")
-    for line in story:
-        print("  " + line)
+    say = say or (lambda line: None)
+    root = find_data(data)  # a wrong --data is refused before anything is made
+    work = Path(tempfile.mkdtemp(prefix="roadside-demo-"))
+    stops: list[Callable[[], None]] = []
+    result = DemoResult(duration, time.time(), {}, [])
+    ok = False
+    try:
+        local = start_broker(broker, work / "local")
+        stops.append(local.stop)
+        city = start_broker(broker, work / "city")
+        stops.append(city.stop)
+        path, raw, skipped = demo_config(work, local.port, city.port, overrides)
+        inputs = {INPUTS[n] for n in raw["tasks"]} | ({"audio"} if raw.get("level") else set())
+        scene = build_scene(root, duration, work, inputs)
+        result.scene, result.synthetic = scene.story, scene.synthetic
+        for line in _describe(raw, skipped, scene, root, duration):
+            say(line)
+        upstream = Upstream(city.port, say)
+        stops.append(upstream.close)
+        agent = AgentChild(path, work / "agent.log")
+        stops.append(agent.stop)
+        pids = ", ".join(f"{p}" for p in (local.pid, city.pid) if p)
+        say(f"  brokers: {local.name} on 127.0.0.1:{local.port} (the pole's) and :{city.port} (the city's)"
+            + (f", pids {pids}" if pids else "") + f"; agent pid {agent.pid} (log {agent.log})")
+        t = time.monotonic()
+        state = upstream.wait(lambda: [p for _, p in upstream.payloads("/state") if p.get("online")], 120, agent.alive)
+        if not state:
+            say(f"the agent did not come online; last lines of {agent.log}:\n{agent.tail()}")
+            raise RuntimeError("the agent did not come online")
+        models = ", ".join(f"{n} on {m.get('backend')}" for n, m in state[-1].get("models", {}).items())
+        say(f"agent online after {time.monotonic() - t:.1f} s ({models}); alerts as they arrive at the city broker "
+            f"(Ctrl-C stops):")
+        result.config = {"level_period_s": raw.get("level", {}).get("period_s"), "heartbeat_s":
+                         raw["uplink"].get("heartbeat_s"), "calibration_db": raw.get("level", {}).get("calibration_db")}
+        result.interrupted = _replay(replay, local, raw["device"]["id"], scene, duration, result, upstream)
+        if not result.interrupted:
+            _drain(upstream, result.started + result.seconds)
+        result.agent = agent.stats()
+        result.messages = upstream.snapshot()
+        ok = True
+        return result, raw
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            for stop in reversed(stops):
+                stop()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if ok or not (work / "agent.log").is_file():
+            shutil.rmtree(work, ignore_errors=True)
+        else:  # the agent ran and something failed: its log is worth reading
+            say(f"(work folder kept: {work})")
 
-    frontend = StreamingLogMel(STUDENT_LOGMEL)
-    meter = SoundLevelMeter(SAMPLE_RATE, calibration_db=DEMO_CALIBRATION_DB)
-    whole = SoundLevelMeter(SAMPLE_RATE, calibration_db=DEMO_CALIBRATION_DB)
-    chunk = int(CHUNK_SECONDS * SAMPLE_RATE)
-    frames = 0
-    print(f"\n  time   LAeq,1s  LAFmax,1s  log-mel frames ({STUDENT_LOGMEL.n_mels} mel, 16 kHz)")
-    for start in range(0, len(wave), chunk):
-        piece = wave[start:start + chunk]
-        frames += frontend.push(piece).shape[1]
-        meter.process(piece)
-        whole.process(piece)
-        end = start + len(piece)
-        if end % SAMPLE_RATE == 0 or end == len(wave):
-            s = meter.summary(reset=True)
-            print(f"  {end / SAMPLE_RATE:5.1f}s  {s.laeq:6.1f} dB  {s.lafmax:6.1f} dB  {frames:6d}")
-    s = whole.summary()
-    fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.1f} dB(A)"  # noqa: E731
-    print(f"\nscene: LAeq {fmt(s.laeq)}, LAFmax {fmt(s.lafmax)}, L10 {fmt(s.l10)}, L90 {fmt(s.l90)} "
-          f"over {s.seconds:.1f} s (demo calibration: dBFS + {DEMO_CALIBRATION_DB:.0f})")
-    return 0
+
+def _replay(replay, local, device: str, scene: Scene, duration: float, result: DemoResult, upstream: Upstream) -> bool:
+    """Play the scene for ``duration`` s on a thread; True if interrupted (Ctrl-C or SIGTERM)."""
+    stop, done = threading.Event(), threading.Event()
+    sent: dict = {}
+    failed: list[BaseException] = []
+
+    def play() -> None:  # a short timeout: after Ctrl-C the brokers may be gone, and nothing waits for them
+        try:
+            sent.update(replay(f"127.0.0.1:{local.port}", device, scene.audio, scene.images, scene.detectors,
+                               rate=1.0, stop=stop, timeout=3.0))
+        except Exception as e:
+            failed.append(e)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=play, name="demo-replay", daemon=True)
+    result.started = upstream.t0 = time.time()
+    worker.start()
+    interrupted = False
+    # Polled with sleep, not Thread.join: a Ctrl-C that interrupts join can leave the thread looking
+    # finished while it still runs (CPython gh-89437), and its byte counts would be lost.
+    try:  # the scene is ``duration`` long; the time limit only guards against a stuck broker
+        while not done.is_set() and time.time() - result.started < duration + 5:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        interrupted = True
+    stop.set()
+    done.wait(10)
+    result.seconds = min(duration, time.time() - result.started)
+    result.sent = dict(sent)
+    if failed and not interrupted:
+        raise RuntimeError(f"the replay failed: {type(failed[0]).__name__}: {failed[0]}")
+    return interrupted
+
+
+def _drain(upstream: Upstream, after: float, timeout: float = 15.0) -> None:
+    """Until a heartbeat sent after the replay shows nothing queued and nothing waiting in the outbox."""
+    def drained():
+        beats = [p for t, p in upstream.payloads("/health") if t > after + 0.5]
+        return beats and beats[-1].get("q") == 0 and sum(beats[-1].get("out", {}).get(k, 0)
+                                                          for k in ("alerts", "summaries")) == 0
+
+    upstream.wait(drained, timeout)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def run_demo(duration: float = DEFAULT_DURATION, data: str | None = None, broker: str = "auto") -> int:
+    """The ``roadside demo`` command: 0 when the scene played to its end, 130 after Ctrl-C / SIGTERM."""
+    previous = None
+    if _main_thread():  # SIGTERM (a supervisor, a closed terminal) stops the demo like Ctrl-C
+        def on_term(*_):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        result, raw = run_scene(duration, data, broker, say=_say)
+    except KeyboardInterrupt:  # during start-up: the children were stopped by run_scene
+        _say("roadside demo: interrupted")
+        return 130
+    except RuntimeError as e:  # a broker or the agent would not start; what was running is stopped
+        print(f"roadside demo: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    _say("")
+    _say(format_summary(summarise(result), result.config))
+    return 130 if result.interrupted else 0
+
+
+_print_lock = threading.Lock()
+
+
+def _say(line: str) -> None:
+    with _print_lock:
+        print(line, flush=True)

@@ -10,7 +10,7 @@ so evaluation sees exactly what the device will.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +18,9 @@ import numpy as np
 
 from agent.features.audio import LogMelParams, log_mel
 
-from .datasets import urbansound
+from .datasets import urbansound, vehicles
+from .chains import congestion_eval
+from .datasets import traffic
 from .manifest import sha256_file
 from .metrics import classification_report, topk_accuracy
 
@@ -34,6 +36,8 @@ class Scorer:
     logits: Callable[[np.ndarray], np.ndarray]  # (B, 1, F, T) float32 -> (B, C)
     sha256: str
     kind: str  # "torch" | "onnx"
+    outputs: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None  # every named output (extra heads)
+    manifest: dict = field(default_factory=dict)  # the artefact's manifest (task-specific evaluation settings)
 
 
 def load_scorer(path: Path | str, threads: int = 1) -> Scorer:
@@ -47,17 +51,25 @@ def load_scorer(path: Path | str, threads: int = 1) -> Scorer:
         contract = load_contract(path)
         backend = OnnxBackend(path, threads=threads)
         return Scorer(contract.task, list(contract.labels), contract.frontend,
-                      contract.window_seconds, backend, contract.sha256, "onnx")
+                      contract.window_seconds, backend, contract.sha256, "onnx",
+                      outputs=_named_outputs(backend.session), manifest=contract.extra)
     if path.suffix == ".pt":
         import torch
 
-        from .teachers.noise import load_checkpoint
+        from .teachers import noise, vehicles as vehicles_teacher
 
         torch.set_num_threads(threads)
-        model, cfg = load_checkpoint(path)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        is_vehicles = isinstance(ckpt, dict) and ckpt.get("task") == "vehicles"
+        model, cfg = (vehicles_teacher if is_vehicles else noise).load_checkpoint(path)
         return torch_scorer(model, cfg["task"], list(cfg["labels"]), cfg["frontend"], cfg["window_seconds"],
                             sha256_file(path))
     raise ValueError(f"{path}: unknown model type {path.suffix!r} (expected .pt or .onnx)")
+
+
+def _named_outputs(session) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    names, feed = [o.name for o in session.get_outputs()], session.get_inputs()[0].name
+    return lambda x: dict(zip(names, session.run(names, {feed: np.ascontiguousarray(x, dtype=np.float32)})))
 
 
 def torch_scorer(model, task: str, labels: list[str], frontend: dict, window_seconds: float,
@@ -105,9 +117,48 @@ def evaluate_noise(scorer: Scorer, data: Path, batch: int = 32, clips: list | No
     return result
 
 
-EVALUATORS: dict[str, Callable[[Scorer, Path], dict]] = {"noise": evaluate_noise}
+def vehicle_items(data: Path, labels: list[str]) -> list[tuple[Path, int]]:
+    """(path, index in ``labels``) for crops in class sub-folders named by the labels (any subset of them)."""
+    folders = vehicles.class_folders(data)
+    unknown = [f for f in folders if f not in labels]
+    if unknown or not folders:
+        raise ValueError(f"{data}: class folder(s) {unknown or '(none)'} are not labels of the model {labels}: "
+                         f"expected sub-folders named after the labels, holding the crops")
+    return [(p, labels.index(folders[y])) for p, y in vehicles.list_images(data, labels=None)]
+
+
+def evaluate_vehicles(scorer: Scorer, data: Path, batch: int = 64, items: list | None = None) -> dict:
+    """Crops in class sub-folders of ``data`` (or exactly ``items``, (path, label index) pairs),
+    through the image front-end the model's contract names; unreadable files are skipped and counted."""
+    from agent.features.image import ImageParams
+
+    params = ImageParams.from_dict(scorer.frontend)
+    items = vehicle_items(data, scorer.labels) if items is None else items
+    if not items:
+        raise ValueError(f"no images (.jpg, .png, ...) in the class folders of {data}")
+    scores, ys, skipped = [], [], 0
+    for i in range(0, len(items), batch):
+        x, y, _, n_bad = vehicles.load_images(items[i:i + batch], params, progress=False)
+        skipped += n_bad
+        if len(x):
+            scores.append(scorer.logits(x))
+            ys.append(y)
+    if not scores:
+        raise ValueError(f"none of the {len(items)} images in {data} could be decoded")
+    logits, y = np.concatenate(scores), np.concatenate(ys)
+    result = classification_report(y, logits.argmax(1), scorer.labels)
+    result["skipped"] = skipped
+    result["logits"] = logits  # for agreement between stages; dropped from the CLI's JSON
+    return result
+
+
+EVALUATORS: dict[str, Callable[[Scorer, Path], dict]] = {"noise": evaluate_noise, "vehicles": evaluate_vehicles}
 # Each task finds its folder from a data root, the task's own folder, or a folder of its files.
-DATA_ROOTS: dict[str, Callable[[Path | str | None], Path]] = {"noise": urbansound.find_root}
+DATA_ROOTS: dict[str, Callable[[Path | str | None], Path]] = {"noise": urbansound.find_root,
+                                                               "vehicles": vehicles.find_root}
+# congestion: a speed CSV shaped like los_speed.csv; persistence and the historical average are scored beside
+EVALUATORS["congestion"] = congestion_eval.evaluate_congestion
+DATA_ROOTS["congestion"] = traffic.find_speed_file
 
 
 def evaluate(model: Path | str, data: Path | str | None, threads: int = 1) -> dict:

@@ -32,17 +32,32 @@ class _FirstOutput(nn.Module):
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
+class _Outputs(nn.Module):
+    """Models with extra heads export their first ``n`` outputs, the logits first."""
+
+    def __init__(self, model: nn.Module, n: int):
+        super().__init__()
+        self.model, self.n = model, n
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(x)[:self.n])
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, contract: dict[str, Any],
-                dynamic_batch: bool = True) -> Path:
-    """Export ``model`` in eval mode to ``path`` (input ``features``, output ``logits``)."""
-    wrapper = _FirstOutput(model).eval()  # a fresh wrapper is in train mode: BN would use batch stats
-    axes = {"features": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+                dynamic_batch: bool = True, output_names: tuple[str, ...] = ("logits",)) -> Path:
+    """Export ``model`` in eval mode to ``path`` (input ``features``, output ``logits``; with more
+    ``output_names``, the model's first outputs under those names, ``logits`` first: the agent reads it)."""
+    if output_names[0] != "logits":
+        raise ValueError(f"the first output must be 'logits' (the one the agent reads), got {output_names}")
+    # a fresh wrapper is in train mode: BN would use batch stats
+    wrapper = (_FirstOutput(model) if len(output_names) == 1 else _Outputs(model, len(output_names))).eval()
+    axes = {"features": {0: "batch"}, **{n: {0: "batch"} for n in output_names}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter about tracing, not about this model
         # The TorchScript exporter gives a plain, stable graph that onnxruntime's
         # quantiser and TensorRT's parser both take as is.
         torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["features"], output_names=["logits"], dynamic_axes=axes)
+                          input_names=["features"], output_names=list(output_names), dynamic_axes=axes)
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     proto.metadata_props.add(key=CONTRACT_KEY, value=json.dumps(contract, sort_keys=True))

@@ -67,8 +67,10 @@ def write_json(obj: Any, path: Path) -> Path:
     return path
 
 
-def plot_accuracy_latency(stages: dict[str, dict], path: Path, title: str) -> Path:
-    """Accuracy against end-to-end ms per second of audio (front-end + model, one thread), per stage."""
+def plot_accuracy_latency(stages: dict[str, dict], path: Path, title: str,
+                          xlabel: str = "ms per second of audio (front-end + model, 1 thread)",
+                          ylabel: str = "accuracy on the validation fold (%)") -> Path:
+    """Accuracy against end-to-end latency (front-end + model, one thread, ``latency.total_ms``), per stage."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, s in stages.items():
@@ -78,8 +80,8 @@ def plot_accuracy_latency(stages: dict[str, dict], path: Path, title: str) -> Pa
         ax.scatter(x, y, s=30 + s["params"] / 5000)
         ax.annotate(f"{name}\n{s['params'] / 1000:.0f}K params", (x, y), textcoords="offset points",
                     xytext=(6, 4), fontsize=8)
-    ax.set_xlabel("ms per second of audio (front-end + model, 1 thread)")
-    ax.set_ylabel("accuracy on the validation fold (%)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()

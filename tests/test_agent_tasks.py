@@ -102,6 +102,18 @@ def test_tensorrt_falls_back_to_onnxruntime_with_the_reason(noise_model, tmp_pat
     assert loaded.run(window).shape == (1, 10)
 
 
+def test_tensorrt_gets_the_file_the_manifest_names_for_it_and_refuses_an_altered_one(tmp_path):
+    """The shipped vehicles artefact has a symmetric INT8 model for TensorRT beside the CPU one."""
+    from agent.backends import tensorrt_onnx
+
+    shipped = Path(__file__).resolve().parents[1] / "agent" / "models" / "vehicles"
+    copy = Path(shutil.copytree(shipped, tmp_path / "vehicles"))
+    assert tensorrt_onnx(copy / "model.onnx") == copy / "model_trt.onnx"
+    (copy / "model_trt.onnx").write_bytes(b"not the file the manifest lists")
+    with pytest.raises(ContractError, match="model_trt.onnx"):
+        tensorrt_onnx(copy / "model.onnx")
+
+
 # ---------------------------------------------------------------------------- vehicles
 
 def _vehicles(tmp_path: Path) -> VehiclesTask:

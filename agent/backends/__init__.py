@@ -36,14 +36,30 @@ def _onnxruntime(model_path: Path, cfg: Any, cache_dir: Path) -> Loaded:
     return Loaded(OnnxBackend(model_path, threads=cfg.threads), "onnxruntime")
 
 
+def tensorrt_onnx(model_path: Path) -> Path:
+    """The ONNX the manifest ships for TensorRT (``targets.tensorrt.file``: the symmetric INT8 QDQ
+    model when it passed the gate, else the task's model), checked against its sha256."""
+    from .contract import load_contract
+
+    targets = load_contract(model_path).extra.get("targets") or {}
+    name = (targets.get("tensorrt") or {}).get("file")
+    if not name or name == model_path.name:
+        return model_path
+    trt = model_path.with_name(name)
+    load_contract(trt)  # a missing, unlisted or altered file is refused here
+    return trt
+
+
 def _tensorrt(model_path: Path, cfg: Any, cache_dir: Path) -> Loaded:
+    from .contract import ContractError
+
     try:
         from .tensorrt import TensorRTBackend
 
-        engine = TensorRTBackend(model_path, cache_dir=Path(cfg.cache_dir or cache_dir), fp16=cfg.fp16,
-                                 dla_core=cfg.dla_core)
+        engine = TensorRTBackend(tensorrt_onnx(model_path), cache_dir=Path(cfg.cache_dir or cache_dir),
+                                 fp16=cfg.fp16, dla_core=cfg.dla_core)
         return Loaded(engine, "tensorrt")
-    except (ImportError, BackendUnavailable) as e:
+    except (ImportError, BackendUnavailable, ContractError) as e:
         reason = f"{type(e).__name__}: {e}"
         log.warning("%s: TensorRT unavailable (%s); falling back to onnxruntime", model_path.name, reason)
         loaded = _onnxruntime(model_path, cfg, cache_dir)

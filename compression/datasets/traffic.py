@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from agent.features.detector import DetectorParams, make_windows
+from agent.features.detector import WEEKEND, DetectorParams, make_windows
 from compression.datasets.datadir import resolve_data_dir
 
 SUBDIR = "traffic"
@@ -187,3 +187,53 @@ def detector_windows(table: SpeedTable, detector_ids: Sequence[str],
     if not parts:
         return make_windows(np.zeros(0), np.zeros(0), np.zeros(0), params)[:3] + (np.zeros(0, np.int64),) * 2
     return tuple(np.concatenate(a) for a in zip(*parts))
+
+
+# --- evaluation time and the historical-average baseline ------------------------------
+
+def find_speed_file(arg: str | Path | None = None) -> Path:
+    """A speed CSV given directly, or ``los_speed.csv`` in the traffic folder of a data root."""
+    if arg is not None and Path(arg).is_file():
+        return Path(arg).resolve()
+    return find_root(arg) / SPEED_FILE
+
+
+def eval_start_row(n_rows: int, eval_days: int) -> int:
+    """First row of the evaluation time: the last ``eval_days`` whole days of the table.
+
+    Everything before it is training time: windows whose target falls there train the
+    models, and the historical average is computed from it only.
+    """
+    start = n_rows - eval_days * STEPS_PER_DAY
+    if eval_days < 1 or start < STEPS_PER_DAY:
+        raise TrafficDataError(f"{n_rows} rows ({n_rows / STEPS_PER_DAY:.1f} days): the last {eval_days} day(s) are "
+                               f"evaluated and at least one whole day before them is needed for the historical "
+                               f"average; give a longer table")
+    return start
+
+
+def historical_average(table: SpeedTable, before_row: int) -> np.ndarray:
+    """Per detector and time of day, the mean speed over rows before ``before_row``,
+    separately for weekdays and weekends: (2, steps per day, D), index 0 weekday, 1 weekend.
+
+    Where a day type has no reading at a time of day, the mean over all days at that time
+    is used, then the detector's overall mean (NaN only for a detector with no reading).
+    """
+    speeds = table.speeds[:before_row].astype(np.float64)
+    tod, weekend = table.time_of_day[:before_row], is_weekend(table.weekday[:before_row])
+    d = speeds.shape[1]
+    sums, counts = np.zeros((3, STEPS_PER_DAY, d)), np.zeros((3, STEPS_PER_DAY, d))
+    ok = np.isfinite(speeds)
+    for kind, rows in enumerate((~weekend, weekend, np.ones_like(weekend))):
+        np.add.at(sums[kind], tod[rows], np.where(ok[rows], speeds[rows], 0.0))
+        np.add.at(counts[kind], tod[rows], ok[rows])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / counts
+        overall = np.where(ok, speeds, 0.0).sum(0) / ok.sum(0)
+    all_days = np.where(np.isnan(mean[2]), overall[None, :], mean[2])
+    return np.stack([np.where(np.isnan(mean[k]), all_days, mean[k]) for k in (0, 1)]).astype(np.float32)
+
+
+def is_weekend(weekday) -> np.ndarray:
+    """The front-end's day types (agent.features.detector.WEEKEND), for whole arrays."""
+    return np.isin(np.asarray(weekday), WEEKEND)

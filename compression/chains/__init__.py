@@ -1,0 +1,1 @@
+"""Compression chains per task (``compression.pipeline.CHAINS``); the noise chain lives in ``compression.pipeline``."""

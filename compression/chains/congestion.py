@@ -1,0 +1,215 @@
+"""``roadside compress`` for congestion: GRU teacher -> distilled MLP student -> INT8 -> ONNX, gated.
+
+Data: one speed table (los_speed.csv). Whole detectors are held out (seeded, recorded) and
+the last ``data.eval_days`` days are evaluation time: the models train on the other
+detectors' earlier days only, and every number in the report is measured on the held-out
+detectors' evaluation days, beside persistence and the historical average on the same
+windows (``congestion_eval``).
+
+Stages: the teacher is pretrained to forecast speeds 1..K steps ahead on every training
+detector, then fine-tuned for the states and the speed at the horizon; the student learns
+the teacher's states and speeds (and the truth); INT8 (onnxruntime static QDQ) ships only
+when it is measured faster than FP32 on this CPU and passes the gate.
+Writes to ``out``: model.onnx (outputs ``logits`` then ``speed``), manifest.json,
+report.json and plots. The teacher checkpoint and ONNX stages go to ``work``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.features.detector import DetectorParams
+
+from .. import gate
+from ..datasets import traffic
+from ..export import export_onnx
+from ..manifest import sha256_file
+from ..students.congestion import DetectorMLP, n_params
+from ..teachers.congestion import SpeedGRU, load_checkpoint, save_checkpoint
+from . import congestion_train as train
+from .congestion_eval import EvalSet, Windows, build_eval_set, onnx_predict, predict_all, training_windows
+from .congestion_recipe import CongestionRecipe
+from .congestion_report import write_artefacts
+from .congestion_stages import gate_failures, per_window_latency, target_results
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+OUTPUTS = ("logits", "speed")
+
+
+@dataclass(frozen=True)
+class Data:
+    speed_file: Path
+    table: traffic.SpeedTable
+    split: traffic.DetectorSplit
+    eval_start: int
+    train: Windows
+    eval: EvalSet
+
+
+def load_data(recipe: CongestionRecipe, params: DetectorParams, data) -> Data:
+    speed_file = traffic.find_speed_file(data)
+    table = traffic.load_speeds(speed_file)
+    ids = table.ids[:recipe.data.max_detectors] if recipe.data.max_detectors else table.ids
+    split = traffic.split_detectors(ids, recipe.data.val_fraction, recipe.seed)
+    es = build_eval_set(table, split.val, params, recipe.data.eval_days)
+    w = training_windows(table, split.train, params, es.eval_start)
+    if len(w) == 0:
+        raise ValueError(f"{speed_file}: no training window before the last {recipe.data.eval_days} day(s)")
+    log.info("%d training windows (%d detectors, rows < %d); %d evaluation windows (%d held-out detectors)",
+             len(w), len(split.train), es.eval_start, len(es.windows), len(es.detectors))
+    return Data(speed_file, table, split, es.eval_start, w, es)
+
+
+def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, data=None, out: Path | None = None,
+                   work: Path | None = None) -> dict:
+    """The chain; returns the report, raises GateFailed (after writing it) when the result must not ship."""
+    t_start = time.time()
+    torch.set_num_threads(recipe.threads)
+    params = DetectorParams.from_dict(recipe.frontend)
+    out = Path(out or REPO / "agent" / "models" / recipe.task)
+    work = Path(work or REPO / "runs" / recipe.name)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    ds = load_data(recipe, params, data)
+    tensors = train.Tensors(ds.train, train.future_speeds(ds.table, ds.train, recipe.teacher.forecast_steps,
+                                                          ds.eval_start))
+    es = ds.eval
+    baselines = {name: es.score(*pred) for name, pred in es.baselines.items()}
+    example = torch.from_numpy(es.windows.X[:1])
+    history_now = es.windows.X[0, :params.history_steps] * params.speed_scale  # one real history for latency
+    stages: dict[str, dict] = {}
+    contract = {"task": recipe.task, "labels": ["free", "slowed", "congested"], "frontend": params.to_dict(),
+                "name": recipe.name, "version": recipe.version, "outputs": list(OUTPUTS)}
+
+    # 1. teacher: pretrained on speed forecasting, fine-tuned for the states
+    teacher, teacher_path, history, t_offsets = teacher_stage(recipe, params, ds, tensors, work)
+    teacher_onnx = export_onnx(teacher, example, work / "teacher.onnx", contract, output_names=OUTPUTS)
+    stages["teacher"] = _score(es, train.torch_predict(teacher), n_params(teacher), teacher_onnx, params,
+                               history_now, offsets=t_offsets)
+
+    # 2. student, distilled from the teacher's cached outputs on the training windows
+    student, h, s_offsets = student_stage(recipe, params, teacher, tensors)
+    history += h
+    torch.save(student.state_dict(), work / "student.pt")
+    fp32 = export_onnx(student, example, work / "student_fp32.onnx", contract, output_names=OUTPUTS)
+    parity = onnx_parity(student, fp32, es.windows.X[:recipe.data.parity_windows])
+    stages["student"] = _score(es, onnx_predict(_session(fp32)), n_params(student), fp32, params, history_now,
+                               offsets=s_offsets)
+
+    # 3. INT8, calibrated on a recorded draw of training windows; shipped only where it pays
+    shipped, int8_note, calib = "student", "quantise.enabled is false", np.zeros(0, np.int64)
+    if recipe.quantise.enabled:
+        from ..quantise import quantise
+
+        calib = np.sort(np.random.default_rng(recipe.seed).permutation(len(ds.train))[:recipe.data.calibration_windows])
+        int8 = quantise(fp32, work / "student_int8.onnx", ds.train.X[calib], "cpu", recipe.quantise.calibrate_method,
+                        recipe.quantise.percentile)
+        stages["student_int8"] = _score(es, onnx_predict(_session(int8)), n_params(student), int8, params,
+                                        history_now)
+        stages["student_int8"]["state_agreement_with_fp32"] = float(
+            (stages["student_int8"]["_logits"].argmax(1) == stages["student"]["_logits"].argmax(1)).mean())
+        shipped, int8_note = choose_cpu_model(recipe, stages, baselines, params, history_now, fp32, int8)
+
+    failures = gate_failures(recipe, stages["teacher"], stages[shipped], baselines["persistence"], parity)
+    targets = target_results(recipe, stages[shipped], baselines["persistence"])
+    report = write_artefacts(
+        recipe=recipe, recipe_path=recipe_path, out=out, ds=ds, stages=stages, baselines=baselines,
+        shipped=shipped, model_file=work / ("student_int8.onnx" if shipped == "student_int8" else "student_fp32.onnx"),
+        contract=contract, failures=failures, targets=targets, parity=parity, history=history, int8_note=int8_note,
+        calibration=calib, teacher_path=teacher_path, seconds=time.time() - t_start)
+    if failures:
+        raise gate.GateFailed("the compressed model did not pass the gate:\n  " + "\n  ".join(failures))
+    return report
+
+
+def teacher_stage(recipe: CongestionRecipe, params: DetectorParams, ds: Data, d: train.Tensors, work: Path):
+    """Train the teacher, or reuse ``teacher.checkpoint`` when it was trained on exactly this data."""
+    cfg = recipe.teacher
+    trained_on = {"frontend": params.to_dict(), "split_sha256": ds.split.to_dict()["sha256"],
+                  "eval_start_row": ds.eval_start, "speed_file_sha256": sha256_file(ds.speed_file),
+                  "hidden": cfg.hidden, "layers": cfg.layers, "forecast_steps": cfg.forecast_steps}
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint) if Path(cfg.checkpoint).is_absolute() else REPO / cfg.checkpoint
+        model, meta = load_checkpoint(path)
+        wrong = sorted(k for k, v in trained_on.items() if meta.get(k) != v)
+        if wrong:
+            raise ValueError(f"teacher.checkpoint {path}: trained with other {wrong} than this recipe and data")
+        return model, path, list(meta.get("history", [])), np.asarray(meta.get("offsets", [0, 0, 0]), np.float32)
+    torch.manual_seed(recipe.seed)
+    model = SpeedGRU(params, cfg.hidden, cfg.layers, cfg.forecast_steps)
+    w = recipe.loss.speed_weight
+    history = train.fit(model, train.pretrain_loss, d, cfg.pretrain, w, recipe.seed, "teacher-pretrain")
+    history += train.fit(model, train.finetune_loss, d, cfg.finetune, w, recipe.seed, "teacher-finetune")
+    offsets = _tune(model, recipe, ds.train.X, ds.train.y_state)
+    path = save_checkpoint(model, work / "teacher.pt", {**trained_on, "offsets": offsets.tolist(), "history": history})
+    return model, path, history, offsets
+
+
+def student_stage(recipe: CongestionRecipe, params: DetectorParams, teacher, d: train.Tensors):
+    soft_logits, soft_speed = predict_all(train.torch_predict(teacher), d.x.numpy())
+    torch.manual_seed(recipe.seed)
+    student = DetectorMLP(params, recipe.student.hidden)
+    loss = train.distil_loss(recipe.distil, torch.from_numpy(soft_logits), torch.from_numpy(soft_speed))
+    history = train.fit(student, loss, d, recipe.distil, recipe.loss.speed_weight, recipe.seed, "distil")
+    return student, history, _tune(student, recipe, d.x.numpy(), d.y_state.numpy())
+
+
+def _tune(model, recipe: CongestionRecipe, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Macro-F1 offsets of the logits from the training windows, written into the model's head."""
+    if not recipe.loss.tune_bias:
+        return np.zeros(3, np.float32)
+    logits, _ = predict_all(train.torch_predict(model), x)
+    offsets, f1 = train.tune_offsets(logits, y)
+    log.info("%s: logit offsets %s (training macro-F1 %.4f)", type(model).__name__, offsets.tolist(), f1)
+    model.shift_logits(torch.from_numpy(offsets))
+    return offsets
+
+
+def choose_cpu_model(recipe, stages, baselines, params, history_now, fp32: Path, int8: Path) -> tuple[str, str]:
+    """INT8 only when measured faster than FP32 here (interleaved rounds) and within the gate."""
+    lat = per_window_latency({"student": fp32, "student_int8": int8}, params, history_now)
+    for name, v in lat.items():
+        stages[name]["latency"] = v
+    f, q = lat["student"]["model_ms"], lat["student_int8"]["model_ms"]
+    if q >= f:
+        return "student", f"INT8 is not faster on this CPU ({q * 1e3:.1f} us vs FP32 {f * 1e3:.1f} us per window)"
+    reasons = gate_failures(recipe, stages["teacher"], stages["student_int8"], baselines["persistence"], None)
+    if reasons:
+        return "student", "INT8 is faster but fails the gate: " + "; ".join(reasons)
+    return "student_int8", f"INT8 is faster ({q * 1e3:.1f} us vs FP32 {f * 1e3:.1f} us per window) and passes the gate"
+
+
+def _session(path: Path):
+    from agent.backends.onnx import OnnxBackend
+
+    return OnnxBackend(path, threads=1).session
+
+
+def _score(es: EvalSet, predict, params_count: int, onnx_path: Path, params: DetectorParams, history_now,
+           offsets=None) -> dict:
+    logits, speed = predict_all(predict, es.windows.X)
+    entry = es.score(logits.argmax(1), speed)
+    entry.update(params=params_count, onnx_bytes=onnx_path.stat().st_size,
+                 latency=per_window_latency({"m": onnx_path}, params, history_now)["m"])
+    if offsets is not None:
+        entry["logit_offsets"] = [float(v) for v in offsets]
+    entry["_logits"], entry["_speed"] = logits, speed  # for agreement and plots; not in the JSON
+    log.info("%s: macro-F1 %.4f, congested recall %.3f precision %.3f, RMSE %.3f mph, %d params", onnx_path.stem,
+             entry["macro_f1"], entry["congested"]["recall"], entry["congested"]["precision"],
+             entry["speed"]["rmse_mph"], params_count)
+    return entry
+
+
+def onnx_parity(model, onnx_path: Path, x: np.ndarray) -> dict:
+    """Max |difference| of logits and speeds between PyTorch FP32 and its ONNX export on held-out windows."""
+    ref_logits, ref_speed = train.torch_predict(model)(x)
+    got_logits, got_speed = onnx_predict(_session(onnx_path))(x)
+    return {"windows": len(x), "max_abs_logit_diff": float(np.abs(ref_logits - got_logits).max()),
+            "max_abs_speed_diff_mph": float(np.abs(ref_speed - got_speed).max())}

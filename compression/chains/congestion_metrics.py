@@ -1,0 +1,108 @@
+"""Congestion forecast metrics (numpy only): the three states, the speed, and congestion warnings.
+
+Every predictor (a model, persistence, the historical average) gives, for each evaluation
+window, a state and a speed ``horizon`` steps after the window's last reading; all of them
+are scored here, by the same code, on the same windows.
+
+A window is (detector, t), t the row of its last reading: the time the forecast is issued.
+Its target row is t + horizon.
+
+- An **onset** is a target row r whose true state is congested after ``quiet`` readings
+  (default 2 * horizon: 30 min) known and not congested: a new congestion, not the
+  flicker of speeds hovering around the threshold.
+- A forecast "congested" issued at s in [r - horizon, r] **catches** it; the lead time is
+  r - s for the earliest such s (0 .. horizon steps). Caught *in advance* means a lead of
+  at least one step: a forecast issued at the onset itself warns of nothing.
+- An **alarm** is a forecast "congested" whose window one step earlier (same detector) did
+  not forecast congestion or does not exist. It is **false** when no reading from s to
+  s + 2 * horizon is congested (a warning may come early or a little late, not from nowhere).
+
+Forecasts are scored raw, window by window, without the agent's smoothing rule.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from agent.features.detector import CONGESTED, SECONDS_PER_DAY, speed_state
+
+from ..metrics import classification_report
+
+
+def state_grid(speeds: np.ndarray, params) -> np.ndarray:
+    """(T, D) int64 state of every reading, -1 where it is missing."""
+    ok = np.isfinite(speeds) & (speeds > 0)
+    out = np.full(speeds.shape, -1, np.int64)
+    out[ok] = speed_state(speeds[ok], params)
+    return out
+
+
+def forecast_metrics(pred_state: np.ndarray, pred_speed: np.ndarray, y_state: np.ndarray, y_speed: np.ndarray,
+                     det: np.ndarray, t: np.ndarray, states: np.ndarray, horizon: int, step_s: int,
+                     labels: Sequence[str], quiet: int | None = None) -> dict:
+    """Classification report of the states, speed errors, and warnings (see the module's docstring).
+
+    ``det`` indexes the columns of ``states`` (T, D) (from ``state_grid``), ``t`` its rows.
+    """
+    pred_state, det, t = np.asarray(pred_state), np.asarray(det), np.asarray(t)
+    report = classification_report(y_state, pred_state, labels)
+    err = np.asarray(pred_speed, np.float64) - np.asarray(y_speed, np.float64)
+    report["speed"] = {"rmse_mph": float(np.sqrt(np.mean(err ** 2))) if err.size else 0.0,
+                       "mae_mph": float(np.mean(np.abs(err))) if err.size else 0.0,
+                       "bias_mph": float(np.mean(err)) if err.size else 0.0}
+    c = report["per_class"][labels[CONGESTED]]
+    report["congested"] = {"recall": c["recall"], "precision": c["precision"], "f1": c["f1"],
+                           "support": c["support"]}
+    report["warnings"] = warning_metrics(pred_state, y_state, det, t, states, horizon, step_s, quiet)
+    return report
+
+
+def warning_metrics(pred_state: np.ndarray, y_state: np.ndarray, det: np.ndarray, t: np.ndarray,
+                    states: np.ndarray, horizon: int, step_s: int, quiet: int | None = None) -> dict:
+    n_rows = states.shape[0]
+    quiet = 2 * horizon if quiet is None else quiet
+    if np.any(t + horizon >= n_rows) or np.any(t < 0):
+        raise ValueError(f"window rows must satisfy 0 <= t and t + horizon < {n_rows} (the state grid's rows)")
+    if quiet < 1:
+        raise ValueError(f"quiet must be at least one reading, got {quiet}")
+    forecast = np.full(states.shape, -1, np.int64)  # the state forecast issued at each (row, detector)
+    forecast[t, det] = pred_state
+
+    # onsets and the forecasts that catch them
+    r = t + horizon
+    rows = r[:, None] - np.arange(1, quiet + 1)[None, :]  # the readings before the target
+    before = np.where(rows >= 0, states[np.maximum(rows, 0), det[:, None]], -1)
+    onset = (np.asarray(y_state) == CONGESTED) & ((before >= 0) & (before != CONGESTED)).all(1)
+    r_on, d_on = r[onset], det[onset]
+    issued = r_on[:, None] - horizon + np.arange(horizon + 1)[None, :]  # s = r - horizon .. r, earliest first
+    said = forecast[np.clip(issued, 0, n_rows - 1), d_on[:, None]] == CONGESTED
+    said &= issued >= 0
+    caught = said.any(1)
+    lead_steps = horizon - said.argmax(1)  # the earliest s that said so
+    lead_min = lead_steps[caught] * step_s / 60.0
+
+    # alarms, and those with no congestion anywhere near
+    congested = np.cumsum(np.vstack([np.zeros((1, states.shape[1]), np.int64), states == CONGESTED]), axis=0)
+    prev = np.where(t >= 1, forecast[np.maximum(t - 1, 0), det], -1)
+    alarm = (pred_state == CONGESTED) & (prev != CONGESTED)
+    s, d = t[alarm], det[alarm]
+    end = np.minimum(s + 2 * horizon, n_rows - 1)
+    false = (congested[end + 1, d] - congested[s, d]) == 0
+    detector_days = len(t) * step_s / SECONDS_PER_DAY
+
+    n_on = int(onset.sum())
+    return {
+        "onset_quiet_min": quiet * step_s / 60.0,
+        "onsets": n_on,
+        "caught": int(caught.sum()),
+        "caught_fraction": float(caught.mean()) if n_on else 0.0,
+        "caught_in_advance_fraction": float((caught & (lead_steps >= 1)).mean()) if n_on else 0.0,
+        "mean_lead_min": float(lead_min.mean()) if lead_min.size else 0.0,
+        "median_lead_min": float(np.median(lead_min)) if lead_min.size else 0.0,
+        "alarms": int(alarm.sum()),
+        "false_alarms": int(false.sum()),
+        "detector_days": float(detector_days),
+        "false_alarms_per_detector_day": float(false.sum() / detector_days) if detector_days else 0.0,
+    }

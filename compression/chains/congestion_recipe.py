@@ -1,0 +1,117 @@
+"""The congestion compression recipe (compression/recipes/congestion.yaml): data with a schema.
+
+Strict sections like the noise recipe's: an unknown or wrong key is an error naming its
+dotted path and line. The quantise section is the noise recipe's; the rest is the
+detector task's own (held-out detectors and days, a sequence teacher, a tiny student).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from agent.features.detector import DetectorParams
+from agent.schema import StrictModel
+
+from ..recipe import QuantiseSection
+
+
+class DataSection(StrictModel):
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of detectors held out (seeded by `seed`); "
+                                                             "every reported number is on them")
+    eval_days: int = Field(2, ge=1, description="the last N days are evaluation time: nothing from them trains, "
+                                                "and the historical average is computed from the days before")
+    max_detectors: int | None = Field(None, ge=2, description="use only the first N detectors of the file "
+                                                               "(smoke runs)")
+    calibration_windows: int = Field(512, ge=1, description="training windows (seeded draw) that calibrate INT8")
+    parity_windows: int = Field(512, ge=1, description="held-out windows on which ONNX must match PyTorch")
+
+
+class TrainSection(StrictModel):
+    epochs: int = Field(4, ge=0, description="passes over windows_per_epoch windows")
+    windows_per_epoch: int | None = Field(None, ge=1, description="a seeded draw of training windows per epoch "
+                                                                  "(neighbouring windows overlap by all but one "
+                                                                  "reading); all of them when unset")
+    lr: float = Field(2e-3, gt=0, description="peak AdamW learning rate (warm-up + cosine)")
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(512, ge=1)
+
+
+class TeacherSection(StrictModel):
+    checkpoint: str | None = Field(None, description="a teacher (.pt) from an earlier run of this recipe to reuse; "
+                                                     "refused unless trained on the same detectors and days")
+    hidden: int = Field(64, ge=4, description="GRU width")
+    layers: int = Field(1, ge=1, description="GRU layers")
+    forecast_steps: int = Field(6, ge=1, description="pretraining forecasts the speed 1..N steps ahead")
+    pretrain: TrainSection = TrainSection()
+    finetune: TrainSection = TrainSection(epochs=3, lr=1e-3)
+
+
+class StudentSection(StrictModel):
+    type: Literal["mlp"] = Field("mlp", description="a multilayer perceptron on the front-end's vector")
+    hidden: list[int] = Field([96, 96], description="widths of the hidden layers")
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(h < 1 for h in v):
+            raise ValueError("must be a non-empty list of positive integers")
+        return v
+
+
+class DistilSection(TrainSection):
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of the teacher's soft states")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the teacher's states and speed; 1 - alpha "
+                                                      "on the true ones")
+
+
+class LossSection(StrictModel):
+    speed_weight: float = Field(1.0, ge=0, description="weight of the speed error (in units of 5 mph, squared) "
+                                                       "beside the states' cross-entropy")
+    tune_bias: bool = Field(True, description="after training, shift the slowed and congested logits by the "
+                                              "offsets that maximise macro-F1 on the training windows")
+
+
+class BudgetSection(StrictModel):
+    max_params: int = Field(20_000, ge=1, description="parameters of the shipped student")
+
+
+class GateSection(StrictModel):
+    min_f1_gain: float = Field(0.0, description="macro-F1 of the shipped model minus persistence's, at least")
+    max_rmse_ratio: float = Field(1.0, gt=0, description="the shipped model's speed RMSE over persistence's, "
+                                                         "at most")
+    max_f1_drop: float = Field(0.02, ge=0, description="macro-F1 the shipped model may lose against the teacher")
+    max_onnx_diff: float = Field(1e-4, gt=0, description="largest |logit| or |speed| difference allowed between "
+                                                         "PyTorch FP32 and its ONNX export on held-out windows")
+
+
+class TargetsSection(StrictModel):
+    """Reported against, not gated: the issue's targets."""
+    f1_gain: float = Field(0.02, description="macro-F1 over persistence's")
+    rmse_ratio: float = Field(0.92, gt=0, description="speed RMSE relative to persistence's")
+    rmse_mph: float = Field(5.0, gt=0, description="speed RMSE in mph")
+
+
+class CongestionRecipe(StrictModel):
+    task: Literal["congestion"] = "congestion"
+    name: str = Field(description="artefact name, e.g. congestion-mlp")
+    version: str = Field(description="artefact version (semver)")
+    seed: int = Field(0, description="seeds the detector split, the weights and the batch order")
+    threads: int = Field(2, ge=1, description="torch threads for training")
+    frontend: dict[str, Any] = Field(default_factory=lambda: DetectorParams().to_dict(),
+                                     description="detector front-end (DetectorParams): the contract")
+    data: DataSection = DataSection()
+    teacher: TeacherSection = TeacherSection()
+    student: StudentSection = StudentSection()
+    loss: LossSection = LossSection()
+    distil: DistilSection = DistilSection()
+    quantise: QuantiseSection = QuantiseSection()
+    budget: BudgetSection = BudgetSection()
+    gate: GateSection = GateSection()
+    targets: TargetsSection = TargetsSection()
+
+    @field_validator("frontend")
+    @classmethod
+    def _valid_frontend(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return DetectorParams.from_dict(v).to_dict()  # raises with the bad parameter named

@@ -1,0 +1,135 @@
+"""Training for the congestion chain: one loop, three objectives (pretrain, fine-tune, distil).
+
+Losses are in comparable units: cross-entropy of the states, and squared speed errors in
+units of 5 mph (an error of 5 mph costs 1), weighted by ``loss.speed_weight``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from .congestion_eval import Windows
+from .congestion_recipe import DistilSection, TrainSection
+
+SPEED_UNIT_MPH = 5.0
+
+
+class Tensors:
+    """The training windows as tensors, with the multi-step targets of pretraining."""
+
+    def __init__(self, w: Windows, future: np.ndarray):
+        self.x = torch.from_numpy(w.X)
+        self.y_state = torch.from_numpy(w.y_state)
+        self.y_speed = torch.from_numpy(w.y_speed)
+        self.future = torch.from_numpy(future)  # (N, K) mph, NaN where unknown or in evaluation time
+        self.n = len(w)
+
+
+def future_speeds(table, w: Windows, steps: int, eval_start: int) -> np.ndarray:
+    """Speeds 1 .. ``steps`` readings after each window's last one; NaN when missing or not in training time."""
+    rows = w.t[:, None] + np.arange(1, steps + 1)[None, :]
+    out = table.speeds[np.minimum(rows, table.speeds.shape[0] - 1), w.det[:, None]].astype(np.float32)
+    out[(rows >= eval_start) | ~(out > 0)] = np.nan
+    return out
+
+
+def speed_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error in units of 5 mph, over the known targets only."""
+    known = torch.isfinite(target)
+    if not known.any():
+        return pred.sum() * 0.0
+    return F.mse_loss(pred[known] / SPEED_UNIT_MPH, target[known] / SPEED_UNIT_MPH)
+
+
+def pretrain_loss(model, d: Tensors, idx: torch.Tensor, speed_weight: float) -> torch.Tensor:
+    _, _, forecast = model(d.x[idx])
+    return speed_loss(forecast, d.future[idx])
+
+
+def finetune_loss(model, d: Tensors, idx: torch.Tensor, speed_weight: float) -> torch.Tensor:
+    logits, speed, forecast = model(d.x[idx])
+    return (F.cross_entropy(logits, d.y_state[idx])
+            + speed_weight * (speed_loss(speed, d.y_speed[idx]) + speed_loss(forecast, d.future[idx])))
+
+
+def distil_loss(cfg: DistilSection, soft_logits: torch.Tensor, soft_speed: torch.Tensor):
+    """alpha on the teacher's states (KL at temperature T, times T^2) and speed; 1 - alpha on the truth."""
+    T, a = cfg.temperature, cfg.alpha
+
+    def loss(model, d: Tensors, idx: torch.Tensor, speed_weight: float) -> torch.Tensor:
+        logits, speed = model(d.x[idx])
+        kd = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(soft_logits[idx] / T, 1), log_target=True,
+                      reduction="batchmean") * T * T
+        states = a * kd + (1 - a) * F.cross_entropy(logits, d.y_state[idx])
+        speeds = a * speed_loss(speed, soft_speed[idx]) + (1 - a) * speed_loss(speed, d.y_speed[idx])
+        return states + speed_weight * speeds
+
+    return loss
+
+
+def fit(model: nn.Module, loss_fn: Callable, d: Tensors, cfg: TrainSection, speed_weight: float, seed: int,
+        stage: str) -> list[dict]:
+    """AdamW, linear warm-up over the first 5 % of steps then cosine to 0; a seeded draw of
+    ``cfg.windows_per_epoch`` windows per epoch. Returns the mean loss per epoch."""
+    per_epoch = min(cfg.windows_per_epoch or d.n, d.n)
+    steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = max(1, total // 20)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    rng = np.random.default_rng((seed, sum(map(ord, stage))))
+    history = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.from_numpy(rng.permutation(d.n)[:per_epoch])
+        losses = []
+        for i in tqdm(range(0, per_epoch, cfg.batch_size), desc=f"{stage} {epoch + 1}/{cfg.epochs}", leave=False):
+            loss = loss_fn(model, d, order[i:i + cfg.batch_size], speed_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        history.append({"stage": stage, "epoch": epoch + 1, "train_loss": float(np.mean(losses))})
+    model.eval()
+    return history
+
+
+def torch_predict(model: nn.Module, batch: int = 8192):
+    """A model of the chain as a Predict: (B, F) float32 -> (logits, speed in mph)."""
+    def run(x: np.ndarray):
+        with torch.inference_mode():
+            out = model.eval()(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return out[0].numpy(), out[1].numpy()
+
+    return run
+
+
+def macro_f1_of(cm: np.ndarray) -> float:
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(0) + cm.sum(1)
+    f1 = np.divide(2 * tp, denom, out=np.zeros(len(tp)), where=denom > 0)
+    return float(f1[denom > 0].mean())
+
+
+def tune_offsets(logits: np.ndarray, y: np.ndarray, span: float = 2.0, step: float = 0.1) -> tuple[np.ndarray, float]:
+    """Offsets added to the slowed and congested logits (free stays 0) that maximise macro-F1
+    on (training) windows; a grid search. Returns (offsets (3,), macro-F1 with them)."""
+    grid = np.round(np.arange(-span, span + step / 2, step), 6)
+    best, best_f1 = np.zeros(3, np.float32), -1.0
+    for a in grid:
+        for b in grid:
+            off = np.array([0.0, a, b], np.float32)
+            f1 = macro_f1_of(np.bincount(y * 3 + (logits + off).argmax(1), minlength=9).reshape(3, 3))
+            # ties go to the smallest shift: no change unless it helps
+            if f1 > best_f1 + 1e-9 or (abs(f1 - best_f1) <= 1e-9 and np.abs(off).sum() < np.abs(best).sum()):
+                best, best_f1 = off, f1
+    return best, best_f1

@@ -1,0 +1,262 @@
+"""``roadside compress --recipe compression/recipes/vehicles.yaml``: vehicle type from camera crops.
+
+teacher (ResNet trained on the training split, cached) -> student (distilled on the
+teacher's views) -> pruned (torch-pruning, channels in multiples of 8, KD re-fits) ->
+INT8 (onnxruntime static QDQ, per-channel, calibrated on a recorded list of training
+crops; asymmetric for the CPU, symmetric for TensorRT) -> ONNX with the contract inside
+-> gate. Every stage is scored on the held-out split with the same code, and every
+stage's numbers reach the report even when the gate fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.features.image import ImageParams
+
+from .. import gate, prune
+from ..datasets import vehicles
+from ..evaluate import Scorer, torch_scorer
+from ..export import export_onnx
+from ..image_augment import Views, decode_all
+from ..image_train import Schedule, TeacherCache, predict, train
+from ..manifest import sha256_file, sha256_json
+from ..pipeline import build_engine_stage
+from ..teachers import vehicles as teachers
+from .vehicles_recipe import VehiclesRecipe
+from .vehicles_report import Stages, check, relative, write_artefacts
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+TASK = "vehicles"
+STUDENT_FORMAT = "roadside-student/1"
+
+
+def _repo_path(p: str) -> Path:
+    return Path(p) if Path(p).is_absolute() else REPO / p
+
+
+def _first_per_class(items, n: int | None) -> list:
+    """The first ``n`` items of each class (smoke runs), order kept."""
+    if n is None:
+        return list(items)
+    seen: dict[int, int] = {}
+    out = []
+    for path, y in items:
+        seen[y] = seen.get(y, 0) + 1
+        if seen[y] <= n:
+            out.append((path, y))
+    return out
+
+
+@dataclass
+class Data:
+    root: Path
+    split: vehicles.Split
+    train_items: list  # (path, label) of the decoded training crops
+    val_items: list
+    images: list[np.ndarray]  # decoded training crops, uint8 RGB
+    labels: np.ndarray
+    skipped: int  # unreadable training crops
+
+    @property
+    def train_sha256(self) -> str:
+        """Hash of the training crops actually used (smoke runs use fewer): part of every cache key."""
+        return sha256_json(relative(self.train_items, self.root))
+
+
+def load_data(recipe: VehiclesRecipe, data) -> Data:
+    """The recorded split (made and saved on first use), trimmed for smoke runs, training crops decoded."""
+    root = vehicles.find_root(data)
+    split = vehicles.split_for(root, _repo_path(recipe.data.split_file), recipe.seed, recipe.data.val_fraction)
+    train_items = _first_per_class(split.train, recipe.data.max_train_per_class)
+    val_items = _first_per_class(split.val, recipe.data.max_val_per_class)
+    images, y, kept, skipped = decode_all([p for p, _ in train_items], [c for _, c in train_items])
+    return Data(root, split, [train_items[k] for k in kept], val_items, images, y, skipped)
+
+
+def run_vehicles(recipe: VehiclesRecipe, recipe_path: Path | None = None, data=None, out: Path | None = None,
+                 work: Path | None = None) -> dict:
+    """The whole chain; returns the report, raises GateFailed (after writing it) when the result must not ship."""
+    t_start = time.time()
+    torch.manual_seed(recipe.seed)
+    torch.set_num_threads(recipe.threads)
+    out = Path(out or REPO / "agent" / "models" / TASK)
+    work = Path(work or REPO / "runs" / recipe.name)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    d = load_data(recipe, data)
+    labels = list(d.split.labels)
+    sfe, tfe = recipe.student.frontend, teachers.teacher_frontend(recipe)
+    s_params, t_params = ImageParams.from_dict(sfe), ImageParams.from_dict(tfe)
+    s_example, t_example = (torch.zeros(1, *p.output_shape) for p in (s_params, t_params))
+    stages = Stages(d.val_items, d.root, decode_all([d.val_items[0][0]], [0])[0][0])
+
+    # 1. teacher: trained on the training split (or reused), the reference every stage is measured against
+    t_val, t_val_y, _, _ = vehicles.load_images(d.val_items, t_params, progress=False)
+    teacher, teacher_path, teacher_history = teachers.train_or_load(recipe, d.split, d.train_sha256, d.images,
+                                                                    d.labels, t_val, t_val_y, work, REPO)
+    macs, params = prune.count(teacher, t_example)
+    t_onnx = export_onnx(teacher, t_example, work / "teacher.onnx", {"task": TASK})
+    stages.score("teacher", _scorer(teacher, labels, tfe), t_onnx, params, macs)
+
+    # 2-3. student distilled on the teacher's views, then pruned with KD re-fits
+    student, cache, history, prune_log = distil_and_prune(recipe, teacher, sha256_file(teacher_path), d, s_params,
+                                                          t_params, stages, work)
+    fp32_onnx = export_onnx(student, s_example, work / "pruned_fp32.onnx", {"task": TASK})
+    macs, params = prune.count(student, s_example)
+    stages.score("pruned", _scorer(student, labels, sfe), fp32_onnx, params, macs)
+    parity = onnx_parity(student, fp32_onnx, d.val_items[:16], s_params)
+
+    # 4. INT8, two flavours, calibrated on a recorded, seeded draw of training crops
+    rng = np.random.default_rng(recipe.seed)
+    calib_items = [d.train_items[i] for i in sorted(rng.permutation(len(d.train_items))
+                                                    [:recipe.data.calibration_images])]
+    calib, _, calib_items, _ = vehicles.load_images(calib_items, s_params, progress=False)
+    contract = {"task": TASK, "labels": labels, "frontend": sfe, "window_seconds": 0.0,
+                "name": recipe.name, "version": recipe.version}
+    chosen = quantise_stage(recipe, stages, fp32_onnx, calib, contract, params, macs, work)
+
+    # 5. TensorRT engine, where TensorRT exists
+    engine = build_engine_stage(recipe, chosen["tensorrt"] or chosen["cpu"], work)
+
+    # 6. the gate, on everything that ships: the CPU model and the model for TensorRT
+    shipped_name = "pruned" if chosen["cpu"] == fp32_onnx else "int8_cpu"
+    trt_name = "int8_tensorrt" if chosen["tensorrt"] is not None else shipped_name
+    failures = [f"{target} model ({name}): {reason}"
+                for target, name in dict.fromkeys((("CPU", shipped_name), ("TensorRT", trt_name)))
+                for reason in check(recipe, stages.results["teacher"], stages.results[name])]
+    failures += gate.check_parity(recipe, parity)
+
+    lists = {"split": d.split.sha256, "train": relative(d.train_items, d.root), "val": relative(d.val_items, d.root),
+             "calibration": relative(calib_items, d.root)}
+    extra = {"cpu_int8_speedup": chosen.get("cpu_int8_speedup"), "onnx_parity": parity, "engine": engine,
+             "prune_steps": prune_log, "teacher_history": teacher_history, "history": history,
+             "teacher_forward_views": cache.calls, "skipped_train_images": d.skipped,
+             "split_file": str(recipe.data.split_file), "seconds": round(time.time() - t_start, 1)}
+    inputs = {"teacher": teacher_path.name, "teacher_sha256": sha256_file(teacher_path),
+              "split_sha256": d.split.sha256, "recipe_file": Path(recipe_path).name if recipe_path else None}
+    report = write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, contract, failures,
+                             extra, lists, inputs)
+    if failures:
+        raise gate.GateFailed("the compressed model did not pass the gate:\n  " + "\n  ".join(failures))
+    return report
+
+
+def distil_and_prune(recipe: VehiclesRecipe, teacher: torch.nn.Module, teacher_sha256: str, d: Data,
+                     s_params: ImageParams, t_params: ImageParams, stages: Stages, work: Path):
+    """(pruned student, teacher cache, KD history, prune log); the unpruned student is scored as "student".
+
+    The distilled student is cached in ``work`` under the hash of what made it (student, distil and
+    augmentation settings, seed, teacher file, training crops): re-running with other pruning or
+    quantisation settings starts from it instead of distilling again.
+    """
+    torch.manual_seed(recipe.seed)
+    labels = list(d.split.labels)
+    student = teachers.build(recipe.student, len(labels))
+    fronts = [s_params] if s_params == t_params else [s_params, t_params]
+    views = Views(d.images, d.labels, len(labels), fronts, recipe.augment, recipe.seed)
+    cache = TeacherCache(teacher)
+    kd = recipe.distil
+    val_x, val_y, _, _ = vehicles.load_images(d.val_items, s_params, progress=False)
+
+    def curve(epoch: int) -> dict:  # the learning curve for the report; nothing is chosen by it
+        return {"val_accuracy": float((predict(student, val_x).argmax(1) == val_y).mean())}
+
+    def distil(epochs: int, lr: float, desc: str, first_view: int) -> list[dict]:
+        return train(student, views, Schedule(epochs, lr, kd.weight_decay, kd.batch_size), recipe.seed, desc,
+                     teacher=cache, temperature=kd.temperature, alpha=kd.alpha, views_per_image=kd.views_per_image,
+                     first_view=first_view, teacher_input=len(fronts) - 1, on_epoch=curve)
+
+    example = torch.zeros(1, *s_params.output_shape)
+    key = sha256_json({"student": recipe.student.model_dump(), "distil": kd.model_dump(), "seed": recipe.seed,
+                       "augment": recipe.augment.model_dump(), "teacher": teacher_sha256, "train": d.train_sha256})
+    history = _cached_student(work / "student.pt", key, student)
+    if history is None:
+        history = distil(kd.epochs, kd.lr, "distil", 0)
+        torch.save({"format": STUDENT_FORMAT, "key": key, "history": history, "state_dict": student.state_dict()},
+                   work / "student.pt")
+    macs, params = prune.count(student, example)
+    s_onnx = export_onnx(student, example, work / "student.onnx", {"task": TASK})
+    stages.score("student", _scorer(student, labels, s_params.to_dict()), s_onnx, params, macs)
+
+    prune_log, first_view, cfg = [], kd.epochs, recipe.prune
+    if cfg.enabled:
+        for k, target in enumerate(prune.step_targets(params, cfg.target_params, cfg.steps)):
+            info = prune.prune_step(student, example, target, cfg.round_to, cfg.max_layer_ratio,
+                                    student.pruning_protected() + list(cfg.protect))
+            history += distil(cfg.epochs_per_step, cfg.lr, f"prune{k + 1}", first_view)
+            first_view += cfg.epochs_per_step  # fresh views (cached ones once views_per_image is reached)
+            prune_log.append({"method": cfg.method, **info, "widths": prune.widths(student)})
+        torch.save(student, work / "pruned.pt")
+    return student, cache, history, prune_log
+
+
+def _cached_student(path: Path, key: str, student: torch.nn.Module) -> list[dict] | None:
+    """Load the cached student into ``student`` and return its history, or None when there is none for ``key``."""
+    if not path.is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != STUDENT_FORMAT or ckpt.get("key") != key:
+        return None
+    student.load_state_dict(ckpt["state_dict"], strict=True)
+    log.info("reusing the distilled student in %s (same recipe, teacher and training crops)", path)
+    return ckpt["history"]
+
+
+def quantise_stage(recipe: VehiclesRecipe, stages: Stages, fp32_onnx: Path, calib: np.ndarray, contract: dict,
+                   params: int, macs: int, work: Path) -> dict:
+    """Score both INT8 flavours; choose per target where INT8 pays (CPU: measured faster; TensorRT: passes the gate)."""
+    chosen: dict = {"cpu": fp32_onnx, "tensorrt": None}
+    if not recipe.quantise.enabled:
+        return chosen
+    from ..quantise import quantise
+
+    for flavour in ("cpu", "tensorrt"):
+        path = quantise(fp32_onnx, work / f"int8_{flavour}.onnx", calib, flavour,
+                        recipe.quantise.calibrate_method, recipe.quantise.percentile)
+        entry = stages.score(f"int8_{flavour}", _onnx_scorer(path, contract), path, params, macs)
+        entry["top1_agreement_with_fp32"] = stages.agreement(f"int8_{flavour}", "pruned")
+        chosen[flavour] = path
+    cpu_int8, fp32 = stages.results["int8_cpu"], stages.results["pruned"]
+    chosen["cpu_int8_speedup"] = fp32["latency"]["model_ms"] / cpu_int8["latency"]["model_ms"]
+    if cpu_int8["latency"]["model_ms"] >= fp32["latency"]["model_ms"]:
+        log.info("INT8 is not faster than FP32 on this CPU (%.3f vs %.3f ms): shipping FP32 for onnxruntime",
+                 cpu_int8["latency"]["model_ms"], fp32["latency"]["model_ms"])
+        chosen["cpu"] = fp32_onnx
+    trt_reasons = check(recipe, stages.results["teacher"], stages.results["int8_tensorrt"])
+    if trt_reasons:
+        log.warning("symmetric INT8 for TensorRT fails the gate (%s): TensorRT gets the FP32 model (FP16 engine)",
+                    "; ".join(trt_reasons))
+        chosen["tensorrt"] = None
+        chosen["tensorrt_rejected"] = trt_reasons
+    return chosen
+
+
+def _scorer(model: torch.nn.Module, labels: list[str], frontend: dict) -> Scorer:
+    return torch_scorer(model, TASK, labels, frontend, 0.0)
+
+
+def _onnx_scorer(path: Path, contract: dict) -> Scorer:
+    from agent.backends.onnx import OnnxBackend
+
+    return Scorer(TASK, contract["labels"], contract["frontend"], 0.0, OnnxBackend(path, threads=1),
+                  sha256_file(path), "onnx")
+
+
+def onnx_parity(model: torch.nn.Module, onnx_path: Path, items: list, params: ImageParams) -> dict:
+    """Max |logit| difference between PyTorch FP32 and its ONNX export, on real crops."""
+    from agent.backends.onnx import OnnxBackend
+
+    x, _, _, _ = vehicles.load_images(items, params, progress=False)
+    ref = predict(model, x)
+    got = OnnxBackend(onnx_path, threads=1)(x)
+    diff, scale = float(np.abs(ref - got).max()), float(np.abs(ref).max())
+    # "clips": the key gate.check_parity reports (here, crops)
+    return {"clips": len(x), "max_abs_logit_diff": diff, "max_abs_logit": scale, "relative": diff / max(scale, 1e-12)}

@@ -1,0 +1,149 @@
+"""``roadside compress`` for congestion: a smoke run of the chain on 12 real detectors, its split and its gate.
+
+The full run is a command (README); here every stage runs for one short epoch, so the
+numbers are not the product's, but every stage, both baselines and the held-out split
+must be present and recorded, ``roadside eval`` must reproduce the report from a CSV,
+and the gate must refuse what it should.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.backends.contract import load_contract
+from agent.cli import main
+from agent.features.detector import DetectorParams
+from agent.schema import ConfigError
+from compression.chains.congestion import load_data
+from compression.manifest import verify_files
+from compression.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "compression" / "recipes" / "congestion.yaml"
+TINY = {"data.max_detectors": 12, "data.calibration_windows": 64, "data.parity_windows": 64,
+        "teacher.hidden": 16, "teacher.pretrain.epochs": 1, "teacher.pretrain.windows_per_epoch": 3000,
+        "teacher.finetune.epochs": 1, "teacher.finetune.windows_per_epoch": 3000,
+        "distil.epochs": 1, "distil.windows_per_epoch": 3000}
+# a one-epoch student is poor: the smoke run checks the plumbing, the full run the numbers
+LENIENT = {"gate.min_f1_gain": -1, "gate.max_rmse_ratio": 10, "gate.max_f1_drop": 1}
+
+
+def _sets(overrides: dict) -> list[str]:
+    return [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
+@pytest.fixture(scope="module")
+def smoke(data_dir, tmp_path_factory) -> tuple[Path, Path]:
+    out, work = tmp_path_factory.mktemp("shipped"), tmp_path_factory.mktemp("work")
+    rc = main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(out), "--work", str(work),
+               *_sets({**TINY, **LENIENT})])
+    assert rc == 0
+    return out, work
+
+
+def test_every_stage_and_both_baselines_are_scored_on_the_same_held_out_windows(smoke):
+    report = json.loads((smoke[0] / "report.json").read_text())
+    assert list(report["stages"]) == ["teacher", "student", "student_int8"]
+    assert list(report["baselines"]) == ["persistence", "historical_average"]
+    n = report["evaluation"]["windows"]
+    for name, m in {**report["stages"], **report["baselines"]}.items():
+        assert m["n"] == n, name
+        assert {"macro_f1", "congested", "speed", "warnings", "confusion"} <= set(m), name
+        assert m["warnings"]["detector_days"] == pytest.approx(n / 288)
+    for name, m in report["stages"].items():
+        assert m["params"] > 0 and m["latency"]["model_ms"] > 0, name
+    assert report["stages"]["student"]["params"] <= 20_000
+    assert report["shipped"]["cpu"] in ("student", "student_int8") and report["shipped"]["int8_decision"]
+    assert set(report["issue_targets"]) == {"macro_f1", "rmse_vs_persistence", "rmse_mph"}
+    assert report["onnx_parity"]["max_abs_logit_diff"] <= 1e-4
+
+
+def test_held_out_detectors_and_days_never_train(smoke, data_dir):
+    recipe = load_recipe(RECIPE, **TINY)
+    ds = load_data(recipe, DetectorParams.from_dict(recipe.frontend), data_dir)
+    trained_on = {ds.table.ids[c] for c in np.unique(ds.train.det)}
+    assert trained_on == set(ds.split.train) and not trained_on & set(ds.split.val)
+    assert (ds.train.t + 3 < ds.eval_start).all()  # every training target is before the evaluation days
+    assert {ds.table.ids[c] for c in np.unique(ds.eval.windows.det)} == set(ds.split.val)
+    assert (ds.eval.windows.t >= ds.eval_start).all()
+    manifest = json.loads((smoke[0] / "manifest.json").read_text())
+    assert manifest["evaluation"]["val_detectors"] == list(ds.split.val)
+    assert manifest["evaluation"]["train_detectors"] == list(ds.split.train)
+
+
+def test_a_teacher_trained_on_another_split_is_refused(smoke, data_dir, tmp_path):
+    teacher = smoke[1] / "teacher.pt"
+    rc = main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(tmp_path / "o"),
+               "--work", str(tmp_path / "w"), *_sets({**TINY, "seed": 1, "teacher.checkpoint": str(teacher)})])
+    assert rc == 2  # refused before anything trains
+
+
+def test_shipped_folder_is_a_valid_contract(smoke):
+    out = smoke[0]
+    assert verify_files(out / "manifest.json") == []
+    contract = load_contract(out / "model.onnx")
+    assert contract.task == "congestion" and contract.labels == ("free", "slowed", "congested")
+    assert contract.frontend == DetectorParams().to_dict() and contract.window_seconds == 3600.0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"model.onnx", "report.json", "confusion.png", "metrics_vs_baselines.png",
+            "forecast_example.png"} <= set(manifest["files"])
+    assert {"train_detectors", "val_detectors", "calibration_windows"} == set(manifest["data_lists"])
+    import onnx
+
+    assert [o.name for o in onnx.load(str(out / "model.onnx")).graph.output] == ["logits", "speed"]
+
+
+def test_eval_cli_on_a_csv_reproduces_the_report_and_skips_training_detectors(smoke, data_dir, tmp_path, capsys):
+    out = smoke[0]
+    report = json.loads((out / "report.json").read_text())
+    val, train = report["evaluation"]["val_detectors"], report["evaluation"]["train_detectors"]
+    # a CSV like los_speed.csv with the held-out detectors and two the model was trained on
+    lines = (data_dir / "traffic" / "los_speed.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    cols = [header.index(d) for d in val + train[:2]]
+    csv = tmp_path / "some_detectors.csv"
+    csv.write_text("\n".join(",".join(row.split(",")[c] for c in cols) for row in lines) + "\n")
+
+    assert main(["eval", "--model", str(out / "model.onnx"), "--data", str(csv), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["task"] == "congestion" and result["evaluation"]["excluded_training_detectors"] == 2
+    shipped = report["stages"][report["shipped"]["cpu"]]
+    assert result["n"] == shipped["n"] and result["macro_f1"] == pytest.approx(shipped["macro_f1"])
+    assert result["speed"]["rmse_mph"] == pytest.approx(shipped["speed"]["rmse_mph"], rel=1e-5)
+    for name, base in report["baselines"].items():
+        assert result["baselines"][name]["macro_f1"] == pytest.approx(base["macro_f1"])
+        assert result["baselines"][name]["speed"] == pytest.approx(base["speed"])
+
+
+def test_gate_trips_and_still_writes_the_report(smoke, data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(out),
+               "--work", str(tmp_path / "work"),
+               *_sets({**TINY, "teacher.checkpoint": str(smoke[1] / "teacher.pt"), "gate.min_f1_gain": 0.5,
+                       "budget.max_params": 1000, "quantise.enabled": False})])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "did not pass the gate" in err and "gate.min_f1_gain 0.5" in err and "budget.max_params 1000" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["gate"]["passed"] is False and list(report["stages"]) == ["teacher", "student"]
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"student.hidden": [0]}, "student.hidden"),
+    ({"frontend.horizon_steps": 0}, "frontend"),
+    ({"distil.alpha": 2}, "distil.alpha"),
+])
+def test_bad_recipe_values_name_their_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_recipe(RECIPE, **override)
+
+
+def test_unknown_recipe_key_is_named_with_its_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(RECIPE.read_text().replace("  tune_bias: true", "  tune_bias: true\n  tune_bais: false"))
+    with pytest.raises(ConfigError, match=r"line \d+: loss\.tune_bais: Extra inputs are not permitted"):
+        load_recipe(bad)

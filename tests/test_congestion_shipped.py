@@ -1,0 +1,96 @@
+"""The shipped congestion model (agent/models/congestion/, committed): its contract, and the agent running it.
+
+The agent's congestion task receives a held-out detector's real 5-minute readings one at a
+time, as a device would, and must raise exactly the alerts that the training side's
+windows (make_windows) and the same rule give offline: one front-end, one model, one answer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.backends.contract import load_contract
+from agent.config import ClassRule, CongestionTaskConfig, OnnxBackendConfig, RuleConfig
+from agent.features.detector import DetectorParams, make_windows
+from agent.payloads import DetectorReading
+from agent.rules import Rule, softmax
+from agent.tasks import load_model
+from agent.tasks.congestion import CongestionTask
+from compression.datasets.traffic import load_speeds
+from compression.manifest import verify_files
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "agent" / "models" / "congestion" / "model.onnx"
+T0 = int(dt.datetime(2012, 3, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)  # row 0: Thursday midnight
+STEP_MS = 300_000
+RULE = RuleConfig(cooldown_s=0, classes={"congested": ClassRule(threshold=0.5)})
+
+
+@pytest.fixture(scope="module")
+def shipped() -> tuple[dict, dict]:
+    if not SHIPPED.is_file():
+        pytest.fail(f"{SHIPPED} is missing: it is committed; rebuild it with "
+                    f"roadside compress --recipe compression/recipes/congestion.yaml")
+    manifest = json.loads((SHIPPED.parent / "manifest.json").read_text())
+    report = json.loads((SHIPPED.parent / "report.json").read_text())
+    return manifest, report
+
+
+def test_shipped_artefact_verifies_and_states_its_contract(shipped):
+    manifest, report = shipped
+    assert verify_files(SHIPPED.parent / "manifest.json") == []
+    contract = load_contract(SHIPPED)
+    assert contract.task == "congestion" and contract.labels == ("free", "slowed", "congested")
+    assert DetectorParams.from_dict(contract.frontend) == DetectorParams()
+    assert manifest["outputs"] == ["logits", "speed"] and manifest["params"] <= 20_000
+    assert report["gate"]["passed"] is True and manifest["gate_passed"] is True
+    ev = manifest["evaluation"]
+    assert (len(ev["train_detectors"]), len(ev["val_detectors"])) == (128, 32)
+    assert not set(ev["train_detectors"]) & set(ev["val_detectors"])
+    shipped_stage = report["stages"][report["shipped"]["cpu"]]
+    for name in ("persistence", "historical_average"):  # the baselines, on the same windows
+        assert report["baselines"][name]["n"] == shipped_stage["n"] == ev["windows"]
+
+
+def _busiest_held_out_detector(table, val: list[str], start: int) -> str:
+    congested = [(np.nan_to_num(table.column(d)[start:], nan=99) < 35).sum() for d in val]
+    return val[int(np.argmax(congested))]
+
+
+def test_agent_raises_the_alerts_the_offline_windows_give_on_real_readings(shipped, data_dir, tmp_path):
+    manifest, _ = shipped
+    table = load_speeds(data_dir / "traffic" / "los_speed.csv")
+    p = DetectorParams.from_dict(manifest["frontend"])
+    start = manifest["evaluation"]["eval_start_row"] - p.history_steps  # an hour before the evaluation days
+    det = _busiest_held_out_detector(table, manifest["evaluation"]["val_detectors"], start)
+    speeds = table.column(det)
+
+    task = CongestionTask(CongestionTaskConfig(model=SHIPPED, rule=RULE),
+                          load_model("congestion", "detector", SHIPPED, OnnxBackendConfig(type="onnxruntime"), tmp_path),
+                          timezone="UTC")
+    got = []
+    for row in range(start, len(speeds)):
+        got += task.handle(DetectorReading(det, T0 + row * STEP_MS, float(speeds[row]), 300, None))
+
+    # offline: the training side's windows, the model's logits output, the same rule
+    X, _, _, t = make_windows(speeds[start:], table.time_of_day[start:], table.weekday[start:], p)
+    import onnxruntime as ort
+
+    logits = ort.InferenceSession(str(SHIPPED)).run(["logits"], {"features": X})[0]
+    rule, want = Rule(RULE, manifest["labels"]), []
+    for row, probs in zip(start + t, softmax(logits)):
+        end = T0 + (row + 1) * STEP_MS
+        want += [(e.cls, e.end_ms, e.end_ms - e.start_ms, e.confidence)
+                 for e in rule.update(probs, end - p.history_steps * STEP_MS, end)]
+    last_end = T0 + (start + t[-1] + 1) * STEP_MS  # the agent goes on for 3 more steps (no target offline)
+    got = [(d.cls, d.ts_ms, d.window_ms, d.confidence) for d in got if d.ts_ms <= last_end]
+    assert got == want and len(got) >= 1
+    # and the warnings are about real congestion: some alert is followed by it within 15 minutes
+    alert_rows = [(ts - T0) // STEP_MS - 1 for _, ts, _, _ in got]
+    assert any((speeds[r + 1:r + 1 + p.horizon_steps] < p.congested_mph).any() for r in alert_rows)
+    assert all(d[0] == "congested" for d in got)
