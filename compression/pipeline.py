@@ -10,7 +10,6 @@ report.json, confusion.png, accuracy_latency.png. Intermediate checkpoints go to
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -23,12 +22,12 @@ from agent.features.audio import LogMelParams, log_mel
 from . import gate, prune
 from .datasets import urbansound
 from .distil import Distiller
-from .evaluate import Scorer, evaluate_noise, load_scorer, torch_scorer
+from .evaluate import Scorer, evaluate_noise, torch_scorer
 from .export import export_onnx
 from .latency import per_second_of_audio
 from .manifest import sha256_file, write_manifest
 from .recipe import CompressionRecipe, load_recipe
-from .report import plot_accuracy_latency, plot_confusion, write_json
+from .report import plot_accuracy_latency, plot_confusion, ship_models, write_json
 from .students import BUILDERS
 from .teachers.noise import load_checkpoint
 
@@ -310,17 +309,9 @@ def write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, cont
                     teacher_calls) -> dict:
     results = {k: {kk: vv for kk, vv in v.items() if kk != "_logits"} for k, v in stages.results.items()}
     shipped = results[shipped_name]
-    model_path = shutil.copyfile(chosen["cpu"], out / "model.onnx")
-    files = [Path(model_path)]
-    cpu_precision = "int8" if shipped_name.startswith("int8") else "fp32"
-    targets = {"onnxruntime": {"file": "model.onnx", "precision": cpu_precision},
-               "tensorrt": {"file": "model.onnx", "precision": "int8" if cpu_precision == "int8" else "fp16"}}
-    stale = out / "model_trt.onnx"
-    if chosen["tensorrt"] is not None:
-        files.append(Path(shutil.copyfile(chosen["tensorrt"], stale)))
-        targets["tensorrt"] = {"file": "model_trt.onnx", "precision": "int8"}
-    elif stale.exists():
-        stale.unlink()  # an INT8 model from an earlier run must not linger beside this one
+    files, targets = ship_models(out, chosen["cpu"], chosen["tensorrt"],
+                                 "int8" if shipped_name.startswith("int8") else "fp32")
+    model_path = files[0]
     report = {
         "task": recipe.task, "name": recipe.name, "version": recipe.version,
         "gate": {"passed": not failures, "failures": failures, "max_drop": recipe.gate.max_drop},

@@ -25,7 +25,6 @@ import copy
 import logging
 from typing import Callable
 
-import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn

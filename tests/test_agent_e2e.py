@@ -20,9 +20,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.payloads import AUDIO_HEADER, encode_audio, encode_detector, topic_for
+from agent.payloads import AUDIO_HEADER, encode_audio, topic_for
 from agent.sources.replay import replay
 from agent_fixtures import AgentProcess, Broker, Collector, linear_model, write_agent_config
+from upstream_schema import check_upstream
 
 SIREN = ["106905-8-0-0", "106905-8-0-1", "106905-8-0-2", "106905-8-0-3"]
 DOG = ["101415-3-0-2", "101415-3-0-3", "101415-3-0-8"]
@@ -80,6 +81,13 @@ def rig(tmp_path, noise_model):
     collector.close()
     sensors.stop()
     city.stop()
+    # Privacy, in every end-to-end run: each upstream message is a small JSON document of a known
+    # kind, with no audio or image bytes in it (raw or base64).
+    with collector._lock:
+        upstream = [(topic, payload) for _, topic, payload, _ in collector.messages]
+    assert upstream
+    for topic, payload in upstream:
+        check_upstream(topic, payload)
 
 
 def test_replayed_clips_yield_alerts_of_the_right_classes(rig, data_dir, tmp_path):

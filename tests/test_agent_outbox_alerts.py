@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from agent.alerts import MAX_BYTES, ModelInfo, Origin, encode_alert, encode_summary, mark_replayed
 from agent.outbox import ALERT, SUMMARY, Outbox
 

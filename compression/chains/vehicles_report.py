@@ -8,7 +8,6 @@ the device's front-end and onnxruntime on one thread.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from ..evaluate import Scorer, evaluate_vehicles
 from ..latency import _median_ms
 from ..manifest import sha256_json, write_manifest
 from ..pipeline import int8_weight_bytes
-from ..report import plot_accuracy_latency, plot_confusion, write_json
+from ..report import plot_accuracy_latency, plot_confusion, ship_models, write_json
 
 log = logging.getLogger(__name__)
 LICENCE = ('trained on "A Dataset Containing Tiny and Low Quality Images for Vehicle Classification" '
@@ -91,17 +90,9 @@ def write_artefacts(recipe, recipe_path, out: Path, stages: Stages, chosen: dict
     """model.onnx (+ model_trt.onnx), report.json, confusion.png, accuracy_latency.png, manifest.json."""
     results = {k: {kk: vv for kk, vv in v.items() if kk != "_logits"} for k, v in stages.results.items()}
     shipped = results[shipped_name]
-    model_path = Path(shutil.copyfile(chosen["cpu"], out / "model.onnx"))
-    files = [model_path]
-    cpu_precision = "int8" if shipped_name.startswith("int8") else "fp32"
-    targets = {"onnxruntime": {"file": "model.onnx", "precision": cpu_precision},
-               "tensorrt": {"file": "model.onnx", "precision": "int8" if cpu_precision == "int8" else "fp16"}}
-    stale = out / "model_trt.onnx"
-    if chosen["tensorrt"] is not None:
-        files.append(Path(shutil.copyfile(chosen["tensorrt"], stale)))
-        targets["tensorrt"] = {"file": "model_trt.onnx", "precision": "int8"}
-    elif stale.exists():
-        stale.unlink()  # an INT8 model from an earlier run must not linger beside this one
+    files, targets = ship_models(out, chosen["cpu"], chosen["tensorrt"],
+                                 "int8" if shipped_name.startswith("int8") else "fp32")
+    model_path = files[0]
     report = {
         "task": recipe.task, "name": recipe.name, "version": recipe.version,
         "gate": {"passed": not failures, "failures": failures, "max_drop": recipe.gate.max_drop,
