@@ -83,12 +83,17 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runtime import serve
 
-    config = args.config
-    if args.bundle:  # the signed bundle is checked whole before anything is read from it
+    config, verify = args.config, None
+    if args.bundle:  # the signed bundle is checked whole before anything is read from it, and again on reload
         from .bundle import BundleError, verify_bundle
 
+        keys = args.trusted_key or [_default_trusted_key()]
+
+        def verify():
+            return verify_bundle(args.bundle, keys)
+
         try:
-            config = verify_bundle(args.bundle, args.trusted_key or [_default_trusted_key()])
+            config = verify()
         except BundleError as e:
             print(f"roadside: refused bundle: {e}", file=sys.stderr)
             return 3
@@ -98,7 +103,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     cfg = load_config(config)  # refused whole before anything starts
     if args.verify_only:
         return 0
-    return serve(cfg, config)
+    return serve(cfg, config, verify)
 
 
 def _default_trusted_key() -> str:

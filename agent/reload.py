@@ -15,7 +15,9 @@ with the new config (a new boot number; the outbox carries everything over).
 ``cmd/reload`` with a ``config`` (YAML text) validates that text and, only if it is valid,
 atomically replaces the config file with it, so the applied config survives a restart; a
 config file that cannot be written refuses the command. Without ``config`` (and on SIGHUP)
-the config file is read again. Who may send commands is the broker's ACL (docs/mqtt.md).
+the config file is read again. An agent started from a signed bundle (``roadside agent
+--bundle``) checks the whole bundle again before it reads the config, and refuses inline text:
+its config changes only by a new signed bundle. Who may send commands is the broker's ACL (docs/mqtt.md).
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ def _read(agent: "Agent", text: str | None) -> tuple[AgentConfig, Path | None]:
     path = agent.config_path
     if path is None:
         raise Refused("the agent was not started from a config file", "config")
+    if agent.verify_source is not None:  # a signed bundle: its config is read only after its check passes again
+        if text is not None:
+            raise Refused("this agent runs a signed bundle: its config changes by installing a new bundle "
+                          "(roadside flash), not by cmd/reload text", "config")
+        try:
+            agent.verify_source()
+        except ValueError as e:  # BundleError
+            raise Refused(f"bundle: {e}", "verify") from None
     if text is None:
         try:
             return load_config(path), None

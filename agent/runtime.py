@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from . import __version__, taskset
 from .alerts import AlertTooLarge, Origin, encode_alert, encode_summary, message_id
@@ -48,9 +49,12 @@ def _check_time(ms: float, field: str) -> None:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, config_path: Path | str | None = None):
+    def __init__(self, cfg: AgentConfig, config_path: Path | str | None = None,
+                 verify_source: Callable[[], object] | None = None):
         self.cfg = cfg  # as written: its hash names the config in every alert
         self.config_path = Path(config_path) if config_path is not None else None
+        # a signed bundle's check, run again before a reload reads its config (agent.reload)
+        self.verify_source = verify_source
         self.rcfg = resolve_files(cfg, config_path)  # secret and key paths made absolute
         preflight(self.rcfg, str(config_path or "config"))
         dev = cfg.device
@@ -295,7 +299,8 @@ class Agent:
                 return
 
 
-def serve(cfg: AgentConfig, config_path: Path | str | None = None) -> int:
+def serve(cfg: AgentConfig, config_path: Path | str | None = None,
+          verify_source: Callable[[], object] | None = None) -> int:
     """Run the agent; after a reload that needs the connections remade, run it again with the new config.
 
     If the new config cannot start (it was validated, but e.g. its state folder vanished), the
@@ -306,7 +311,7 @@ def serve(cfg: AgentConfig, config_path: Path | str | None = None) -> int:
     previous = cfg
     while True:
         try:
-            agent = Agent(cfg, config_path)
+            agent = Agent(cfg, config_path, verify_source)
         except Exception as e:
             if cfg is previous:
                 raise

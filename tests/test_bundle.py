@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,14 @@ def test_the_agent_runs_from_a_verified_bundle(tmp_path, keys, noise_model):
                                    "the bundled agent online")
         assert state[-1]["models"]["noise"]["sha256"] == json.loads(
             (tmp_path / "b" / "manifest.json").read_text())["models"]["noise"]["sha256"]
+
+        # a reload checks the bundle again: an edited config is refused by name and the agent keeps running
+        cfg = tmp_path / "b" / "config.yaml"
+        cfg.write_text(cfg.read_text().replace("threshold: 0.5", "threshold: 0.9"))
+        proc.send_signal(signal.SIGHUP)
+        ack = collector.wait_for(lambda c: c.payloads("/pole-0100/cmd/reload/ack"), 30, "the SIGHUP reload's answer")
+        assert not ack[-1]["ok"] and ack[-1]["stage"] == "verify" and str(cfg) in ack[-1]["reason"]
+        assert proc.poll() is None
     finally:
         proc.terminate()
         proc.wait(20)

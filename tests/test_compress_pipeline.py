@@ -19,9 +19,11 @@ from compression.manifest import verify_files
 from compression.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "compression" / "recipes" / "noise.yaml"
+RECIPE = REPO / "compression" / "recipes" / "noise_128k.yaml"  # the recipe that runs every stage
 SMOKE = ["--set", "data.max_clips=24", "--set", "distil.epochs=1", "--set", "prune.steps=1",
-         "--set", "prune.epochs_per_step=1", "--set", "data.calibration_clips=8", "--set", "distil.batch_size=12"]
+         "--set", "prune.epochs_per_step=1", "--set", "prune.final_epochs=1", "--set", "data.calibration_clips=8",
+         "--set", "distil.batch_size=12"]
+SHIPPED = REPO / "agent" / "models" / "noise"
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,18 @@ def smoke(data_dir, tmp_path_factory) -> Path:
                "--work", str(work), "--set", "gate.max_drop=100", "--set", "gate.max_onnx_logit_diff=0.01", *SMOKE])
     assert rc == 0
     return out
+
+
+def test_the_shipped_noise_model_is_what_the_committed_recipe_builds():
+    """agent/models/noise came from compression/recipes/noise.yaml as committed, passed its gate, and
+    its files are the ones its manifest hashes."""
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    recipe = load_recipe(REPO / "compression" / "recipes" / "noise.yaml")
+    assert manifest["recipe"] == json.loads(json.dumps(recipe.model_dump()))
+    assert manifest["frontend"] == recipe.student.frontend
+    assert verify_files(SHIPPED / "manifest.json") == []
+    report = json.loads((SHIPPED / "report.json").read_text())
+    assert report["gate"]["passed"] and report["gate"]["failures"] == []
 
 
 def test_every_stage_is_scored_with_the_same_numbers(smoke):
