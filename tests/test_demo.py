@@ -28,9 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 class DemoProcess:
     def __init__(self, *args: str, own_group: bool = False):
+        # As from a terminal: SIGINT at its default. A runner that starts the tests in the background
+        # (`cmd &` in a script) makes them ignore SIGINT, the children inherit that, and Python then
+        # installs no Ctrl-C handler at all.
         self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "demo", *args], cwd=REPO,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=own_group)
+                                     start_new_session=own_group,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")),
                                         daemon=True)
