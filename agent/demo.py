@@ -61,7 +61,7 @@ class Mosquitto:
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                         f"log_dest file {folder}/mosquitto.log\nuser {getpass.getuser()}\n")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
         deadline = time.monotonic() + timeout
         while True:
@@ -157,6 +157,17 @@ class Upstream:
 
 # ----------------------------------------------------------------------------- agent
 
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM when the demo dies, even by SIGKILL, which it cannot
+    catch to stop its children itself; elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class AgentChild:
     """``roadside agent --config`` as a child process, its log in a file, stopped by PID."""
 
@@ -164,7 +175,8 @@ class AgentChild:
         self.log = log
         self._out = open(log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "agent", "--config", str(config)],
-                                     cwd=REPO, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT)
+                                     cwd=REPO, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT,
+                                     preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
 
     def alive(self) -> bool:

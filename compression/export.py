@@ -16,8 +16,10 @@ import onnx
 import torch
 from torch import nn
 
+from agent.backends.contract import EMBEDDED_KEY
+
 OPSET = 17  # supported by onnxruntime >= 1.12 and by TensorRT 8.6 / 10 (JetPack 5 and 6)
-CONTRACT_KEY = "roadside.contract"
+CONTRACT_KEY = EMBEDDED_KEY  # the agent checks it against the manifest (agent.backends.contract)
 
 
 class _FirstOutput(nn.Module):
@@ -58,12 +60,17 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, contract: d
         # quantiser and TensorRT's parser both take as is.
         torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=OPSET,
                           input_names=["features"], output_names=list(output_names), dynamic_axes=axes)
+    return stamp_contract(path, contract)
+
+
+def stamp_contract(path: Path, contract: dict[str, Any], out: Path | None = None) -> Path:
+    """Write ``contract`` into the ONNX metadata (``roadside.contract``) of ``path``, or of a copy at ``out``."""
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     proto.metadata_props.add(key=CONTRACT_KEY, value=json.dumps(contract, sort_keys=True))
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    return path
+    onnx.save(proto, str(out or path))
+    return Path(out or path)
 
 
 def read_contract(path: Path) -> dict[str, Any] | None:

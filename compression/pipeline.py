@@ -195,23 +195,40 @@ def compress(teacher: torch.nn.Module, teacher_frontend: dict, labels: list[str]
             log.info("INT8 is not faster than FP32 on this CPU: shipping FP32 for onnxruntime")
             chosen["cpu"] = fp32_onnx
         trt_reasons = gate.check(recipe, stages.results["teacher"], stages.results["int8_tensorrt"])
+        # QAT can win back accuracy, not parameters or MACs: it runs only when accuracy is what failed
+        lost = 100 * (stages.results["teacher"]["accuracy"] - stages.results["int8_tensorrt"]["accuracy"])
+        if lost > recipe.gate.max_drop and recipe.quantise.qat_epochs:
+            log.warning("post-training INT8 for TensorRT fails the gate (%s): quantisation-aware training",
+                        "; ".join(trt_reasons))
+            chosen["tensorrt_rejected"] = [f"int8_tensorrt: {r}" for r in trt_reasons]
+            path, history_qat = qat_stage(student, recipe, s_example, calib, distiller, work, contract)
+            history += history_qat
+            entry = stages.score("int8_tensorrt_qat", _onnx_scorer(path, contract), path, params, macs)
+            entry["top1_agreement_with_fp32"] = float(
+                (entry["_logits"].argmax(1) == stages.results["pruned"]["_logits"].argmax(1)).mean())
+            chosen["tensorrt"], chosen["tensorrt_stage"] = path, "int8_tensorrt_qat"
+            trt_reasons = gate.check(recipe, stages.results["teacher"], entry)
+            if trt_reasons:
+                chosen["tensorrt_rejected"] += [f"int8_tensorrt_qat: {r}" for r in trt_reasons]
+        else:
+            chosen["tensorrt_rejected"] = trt_reasons
         if trt_reasons:
-            log.warning("symmetric INT8 for TensorRT fails the gate (%s): TensorRT gets the FP32 model (FP16 engine)",
+            log.warning("INT8 for TensorRT fails the gate (%s): TensorRT gets the FP32 model (FP16 engine)",
                         "; ".join(trt_reasons))
             chosen["tensorrt"] = None
-            chosen["tensorrt_rejected"] = trt_reasons
 
     # 5. TensorRT engine, where TensorRT exists
     engine = build_engine_stage(recipe, chosen["tensorrt"] or chosen["cpu"], work)
 
     # 6. the gate, on everything that ships: the CPU model and the INT8 model for TensorRT
     shipped_name = {fp32_onnx: "pruned"}.get(chosen["cpu"], "int8_cpu")
-    trt_name = "int8_tensorrt" if chosen["tensorrt"] is not None else shipped_name
+    trt_name = chosen.get("tensorrt_stage", "int8_tensorrt") if chosen["tensorrt"] is not None else shipped_name
     failures = [f"{target} model ({name}): {reason}"
                 for target, name in dict.fromkeys((("CPU", shipped_name), ("TensorRT", trt_name)))
                 for reason in gate.check(recipe, stages.results["teacher"], stages.results[name])]
     failures += gate.check_parity(recipe, parity)
 
+    chosen["tensorrt_name"] = trt_name
     report = write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, contract, failures,
                              engine, parity, prune_log, history, train, val, calib_clips, root, teacher,
                              teacher_path, time.time() - t_start, distiller.teacher_calls)
@@ -250,6 +267,22 @@ def prune_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib
         history += distiller.run(student, epochs, cfg.lr, f"prune{k + 1}")
         log_steps.append(info)
     return log_steps, history
+
+
+def qat_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib: np.ndarray, distiller: Distiller,
+              work: Path, contract: dict) -> tuple[Path, list[dict]]:
+    """A fake-quantised copy of the student, KD fine-tuned, exported with Q/DQ pairs for TensorRT."""
+    import copy
+
+    from . import qat
+
+    qstudent = copy.deepcopy(student)
+    n = qat.prepare(qstudent, calib, recipe.quantise.percentile)
+    log.info("quantisation-aware training: %d layers fake-quantised, %d epochs", n, recipe.quantise.qat_epochs)
+    history = distiller.run(qstudent, recipe.quantise.qat_epochs, recipe.quantise.qat_lr, "qat")
+    qat.freeze(qstudent)
+    path = export_onnx(qstudent, example, work / "int8_tensorrt_qat.onnx", contract)
+    return path, history
 
 
 def _onnx_scorer(path: Path, contract: dict) -> Scorer:
@@ -310,12 +343,12 @@ def write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, cont
     results = {k: {kk: vv for kk, vv in v.items() if kk != "_logits"} for k, v in stages.results.items()}
     shipped = results[shipped_name]
     files, targets = ship_models(out, chosen["cpu"], chosen["tensorrt"],
-                                 "int8" if shipped_name.startswith("int8") else "fp32")
+                                 "int8" if shipped_name.startswith("int8") else "fp32", contract)
     model_path = files[0]
     report = {
         "task": recipe.task, "name": recipe.name, "version": recipe.version,
         "gate": {"passed": not failures, "failures": failures, "max_drop": recipe.gate.max_drop},
-        "shipped": {"cpu": shipped_name, "tensorrt": "int8_tensorrt" if chosen["tensorrt"] else shipped_name},
+        "shipped": {"cpu": shipped_name, "tensorrt": chosen["tensorrt_name"]},
         "targets": targets,
         "int8_tensorrt_rejected": chosen.get("tensorrt_rejected", []),
         "stages": results, "onnx_parity": parity, "engine": engine, "prune_steps": prune_log,

@@ -5,7 +5,9 @@ Two flavours, because the targets want different things:
   fuses DequantizeLinear -> Conv -> ReLU -> QuantizeLinear into QLinearConv here;
 - ``tensorrt``: int8 activations *and* weights, symmetric (zero point 0), which is the
   only form TensorRT's explicit quantisation accepts.
-Whether INT8 pays on a target is decided by measured latency, not assumed.
+Whether INT8 pays on a target is decided by measured latency, not assumed. When the symmetric
+form loses more than the gate allows, ``compression/qat.py`` (quantisation-aware training) is
+the fallback for TensorRT (``quantise.qat_epochs``).
 """
 
 from __future__ import annotations

@@ -100,6 +100,9 @@ class QuantiseSection(StrictModel):
     calibrate_method: Literal["minmax", "percentile", "entropy"] = Field(
         "percentile", description="how activation ranges are found from the calibration clips")
     percentile: float = Field(99.999, gt=90, le=100, description="for calibrate_method percentile")
+    qat_epochs: int = Field(0, ge=0, description="quantisation-aware KD epochs for the TensorRT INT8 model when "
+                                                 "post-training INT8 fails the gate (0: FP16 engine instead)")
+    qat_lr: float = Field(5e-4, gt=0, description="peak learning rate of the quantisation-aware epochs")
 
 
 class EngineSection(StrictModel):

@@ -90,18 +90,20 @@ def plot_accuracy_latency(stages: dict[str, dict], path: Path, title: str,
     return path
 
 
-def ship_models(out: Path, cpu_model: Path, trt_model: Path | None, cpu_precision: str) -> tuple[list[Path], dict]:
+def ship_models(out: Path, cpu_model: Path, trt_model: Path | None, cpu_precision: str,
+                contract: dict) -> tuple[list[Path], dict]:
     """Copy the CPU model to ``out/model.onnx`` and, when one passed the gate, the INT8 model for
-    TensorRT to ``out/model_trt.onnx``; returns the files and the manifest's ``targets``."""
-    import shutil
+    TensorRT to ``out/model_trt.onnx``, each with the whole feature contract in its ONNX metadata
+    (whatever the intermediate files carried); returns the files and the manifest's ``targets``."""
+    from .export import stamp_contract
 
-    model_path = Path(shutil.copyfile(cpu_model, out / "model.onnx"))
+    model_path = stamp_contract(cpu_model, contract, out / "model.onnx")
     files = [model_path]
     targets = {"onnxruntime": {"file": "model.onnx", "precision": cpu_precision},
                "tensorrt": {"file": "model.onnx", "precision": "int8" if cpu_precision == "int8" else "fp16"}}
     stale = out / "model_trt.onnx"
     if trt_model is not None:
-        files.append(Path(shutil.copyfile(trt_model, stale)))
+        files.append(stamp_contract(trt_model, contract, stale))
         targets["tensorrt"] = {"file": "model_trt.onnx", "precision": "int8"}
     elif stale.exists():
         stale.unlink()  # an INT8 model from an earlier run must not linger beside this one

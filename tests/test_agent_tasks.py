@@ -41,12 +41,22 @@ def _noise(model: Path, tmp_path: Path) -> NoiseTask:
     return NoiseTask(cfg, load_model("noise", "logmel", model, ONNX, tmp_path), input_rate=16000)
 
 
-def _edited_copy(model: Path, tmp_path: Path, edit) -> Path:
-    """The model with its manifest changed by ``edit`` (the ONNX bytes, hence sha256, unchanged)."""
+def _edited_copy(model: Path, tmp_path: Path, edit, embedded: bool = True) -> Path:
+    """The model with its manifest changed by ``edit``; without ``embedded``, also without the contract
+    in its ONNX metadata (as artefacts built before it was written there), its sha256 updated."""
+    import hashlib
+
+    import onnx
+
     out = tmp_path / "edited"
     out.mkdir()
     shutil.copy(model, out / "model.onnx")
     manifest = json.loads((model.parent / "manifest.json").read_text())
+    if not embedded:
+        proto = onnx.load(str(out / "model.onnx"))
+        del proto.metadata_props[:]
+        onnx.save(proto, str(out / "model.onnx"))
+        manifest["files"]["model.onnx"]["sha256"] = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
     edit(manifest)
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out / "model.onnx"
@@ -81,8 +91,21 @@ def test_a_gap_in_sequence_numbers_restarts_the_window(noise_model, tmp_path):
     (lambda m: m.update(labels=m["labels"] + ["hovercraft"]), "expected \\(1, 11\\)"),
 ])
 def test_a_model_whose_frontend_the_agent_does_not_reproduce_is_refused(noise_model, tmp_path, edit, match):
-    path = _edited_copy(noise_model, tmp_path, edit)
+    """Checked by what the model does, for artefacts without the contract in their ONNX metadata."""
+    path = _edited_copy(noise_model, tmp_path, edit, embedded=False)
     with pytest.raises(ContractError, match=match):
+        _noise(path, tmp_path)
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda m: m["frontend"].update(n_mels=64), "frontend"),
+    (lambda m: m["frontend"].update(hop_length=160), "frontend"),
+    (lambda m: m.update(labels=m["labels"][::-1]), "labels"),  # same shapes: only the metadata can tell
+    (lambda m: m.update(window_seconds=2.0), "window_seconds"),
+])
+def test_a_manifest_that_contradicts_the_models_own_metadata_is_refused(noise_model, tmp_path, edit, key):
+    path = _edited_copy(noise_model, tmp_path, edit)
+    with pytest.raises(ContractError, match=f"its ONNX metadata contradicts manifest.json \\({key}: "):
         _noise(path, tmp_path)
 
 

@@ -124,6 +124,26 @@ def test_gate_trips_and_still_writes_the_report(data_dir, tmp_path, capsys):
     assert report["stages"]["pruned"]["accuracy"] < report["stages"]["teacher"]["accuracy"]
 
 
+def test_int8_failing_the_gate_for_tensorrt_is_retrained_quantisation_aware_then_left_out(data_dir, tmp_path):
+    """Post-training INT8 for TensorRT fails the gate: QAT is tried, scored like every stage, and when it
+    fails too, TensorRT is given the float model (an FP16 engine) and both reasons are reported. The
+    student is fed features at a tenth of their scale and not distilled, so it is far below the teacher
+    whatever one QAT epoch on 24 clips does."""
+    out = tmp_path / "out"
+    rc = main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(out),
+               "--work", str(tmp_path / "work"), *SMOKE, "--set", "distil.epochs=0", "--set", "prune.enabled=false",
+               "--set", "student.frontend.norm_scale=50", "--set", "quantise.qat_epochs=1"])
+    assert rc == 3  # the CPU model fails too: the run refuses to ship
+    report = json.loads((out / "report.json").read_text())
+    qat = report["stages"]["int8_tensorrt_qat"]
+    assert qat["n"] == 24 and 0.0 <= qat["top1_agreement_with_fp32"] <= 1.0
+    rejected = report["int8_tensorrt_rejected"]
+    for stage in ("int8_tensorrt", "int8_tensorrt_qat"):  # each with its accuracy reason (and the budget's)
+        assert any(r.startswith(f"{stage}: accuracy") and "points below the teacher" in r for r in rejected)
+    assert report["shipped"]["tensorrt"] == "pruned" and report["targets"]["tensorrt"]["precision"] == "fp16"
+    assert not (out / "model_trt.onnx").exists()
+
+
 def test_gate_refuses_a_model_over_budget():
     from compression import gate
 

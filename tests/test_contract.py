@@ -58,3 +58,30 @@ def test_recipe_hash_ignores_key_order(tmp_path):
 
     assert sha256_json({"a": 1, "b": [1, 2]}) == sha256_json({"b": [1, 2], "a": 1})
     assert sha256_json({"a": 1}) != sha256_json({"a": 2})
+
+
+def _real_artefact(folder, embedded: dict):
+    """A real ONNX model whose own metadata says ``embedded``, listed in a manifest for the FRONTEND contract."""
+    import torch
+
+    from compression.export import export_onnx
+
+    folder.mkdir()
+    model = export_onnx(torch.nn.Flatten(), torch.zeros(1, 1, 2, 2), folder / "model.onnx", embedded)
+    write_manifest(folder, stage="export", files=[model], inputs={}, recipe={}, data_lists={},
+                   extra={"task": "noise", "labels": ["x", "y"], "frontend": FRONTEND, "window_seconds": 1.0})
+    return model
+
+
+def test_a_model_whose_onnx_metadata_contradicts_its_manifest_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from agent.backends import load_backend
+
+    cfg = SimpleNamespace(type="onnxruntime", threads=1)
+    agrees = _real_artefact(tmp_path / "a", {"task": "noise", "labels": ["x", "y"], "frontend": FRONTEND})
+    assert load_backend(agrees, cfg, tmp_path).name == "onnxruntime"
+    other = _real_artefact(tmp_path / "b", {"task": "noise", "labels": ["x", "y"],
+                                            "frontend": {**FRONTEND, "n_mels": 128}})
+    with pytest.raises(ContractError, match="ONNX metadata contradicts manifest.json .frontend"):
+        load_backend(other, cfg, tmp_path)

@@ -139,6 +139,19 @@ def test_ctrl_c_stops_the_demo_cleanly_with_a_summary_and_no_survivors(data_dir,
     assert _survivors(pids, work) == []
 
 
+def test_a_killed_demo_takes_its_brokers_and_agent_with_it(data_dir):
+    """SIGKILL cannot be caught, so the demo cannot stop its children: the kernel tells them (Linux)."""
+    demo = DemoProcess("--duration", "300", "--data", str(data_dir))
+    demo.wait_for(r"^agent online after", 120)
+    pids, work = demo.children()
+    demo.proc.kill()
+    demo.proc.wait(10)
+    deadline = time.monotonic() + 30
+    while _survivors(pids, work) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _survivors(pids, work) == []
+
+
 def test_without_data_the_scene_is_synthetic_and_the_python_broker_serves(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("ROADSIDE_DATA", raising=False)
     monkeypatch.setattr(demo_scene, "DEFAULT_DATA", tmp_path / "absent")

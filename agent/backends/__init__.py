@@ -31,9 +31,12 @@ class Loaded:
 
 
 def _onnxruntime(model_path: Path, cfg: Any, cache_dir: Path) -> Loaded:
+    from .contract import check_embedded, load_contract
     from .onnx import OnnxBackend
 
-    return Loaded(OnnxBackend(model_path, threads=cfg.threads), "onnxruntime")
+    backend = OnnxBackend(model_path, threads=cfg.threads)
+    check_embedded(load_contract(model_path), backend.session.get_modelmeta().custom_metadata_map)
+    return Loaded(backend, "onnxruntime")
 
 
 def tensorrt_onnx(model_path: Path) -> Path:

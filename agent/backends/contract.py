@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 
+# The ONNX metadata key under which compression/export.py writes the contract into the model itself.
+EMBEDDED_KEY = "roadside.contract"
+CHECKED_KEYS = ("task", "labels", "frontend", "window_seconds")
+
+
 class ContractError(ValueError):
     """A model artefact that must not be loaded; the message names the file and the key."""
 
@@ -72,3 +77,21 @@ def require_frontend(contract: Contract, frontend: dict[str, Any]) -> None:
                       if contract.frontend.get(k) != frontend.get(k))
         detail = ", ".join(f"{k}: model {contract.frontend.get(k)!r} vs device {frontend.get(k)!r}" for k in diff)
         raise ContractError(f"{contract.model_path}: front-end mismatch ({detail})")
+
+
+def check_embedded(contract: Contract, metadata: dict[str, str]) -> None:
+    """Refuse a model whose own ONNX metadata contradicts its manifest (e.g. a model file from
+    another artefact listed under this manifest's hashes): every key both of them state must agree."""
+    raw = metadata.get(EMBEDDED_KEY)
+    if raw is None:
+        return
+    try:
+        embedded = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ContractError(f"{contract.model_path}: ONNX metadata {EMBEDDED_KEY} is not valid JSON ({e})") from None
+    mine = {"task": contract.task, "labels": list(contract.labels), "frontend": contract.frontend,
+            "window_seconds": contract.window_seconds}
+    wrong = [k for k in CHECKED_KEYS if k in embedded and embedded[k] != mine[k]]
+    if wrong:
+        detail = ", ".join(f"{k}: model {embedded[k]!r} vs manifest {mine[k]!r}" for k in wrong)
+        raise ContractError(f"{contract.model_path}: its ONNX metadata contradicts manifest.json ({detail})")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from agent.features.detector import CONGESTED
 
+from ..export import stamp_contract
 from ..manifest import sha256_file, sha256_json, write_manifest
 from ..report import _pyplot, plot_confusion, write_json
 
@@ -20,7 +20,7 @@ def write_artefacts(*, recipe, recipe_path, out: Path, ds, stages: dict, baselin
                     history: list, int8_note: str, calibration: np.ndarray, teacher_path: Path,
                     seconds: float) -> dict:
     results = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in stages.items()}
-    model_path = Path(shutil.copyfile(model_file, out / "model.onnx"))
+    model_path = stamp_contract(model_file, contract, out / "model.onnx")  # INT8 files lose the metadata
     precision = "int8" if shipped == "student_int8" else "fp32"
     deploy = {"onnxruntime": {"file": "model.onnx", "precision": precision},
               "tensorrt": {"file": "model.onnx", "precision": "int8" if precision == "int8" else "fp16"}}

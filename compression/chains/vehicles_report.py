@@ -91,7 +91,7 @@ def write_artefacts(recipe, recipe_path, out: Path, stages: Stages, chosen: dict
     results = {k: {kk: vv for kk, vv in v.items() if kk != "_logits"} for k, v in stages.results.items()}
     shipped = results[shipped_name]
     files, targets = ship_models(out, chosen["cpu"], chosen["tensorrt"],
-                                 "int8" if shipped_name.startswith("int8") else "fp32")
+                                 "int8" if shipped_name.startswith("int8") else "fp32", contract)
     model_path = files[0]
     report = {
         "task": recipe.task, "name": recipe.name, "version": recipe.version,
