@@ -42,25 +42,19 @@ class _WeightQuant(nn.Module):
         return torch.fake_quantize_per_channel_affine(w, amax / QMAX, self.zero, 0, QMIN, QMAX)
 
 
-class QuantConv2d(nn.Module):
-    def __init__(self, conv: nn.Conv2d, input_amax: float):
+class QuantLayer(nn.Module):
+    """A Conv2d or Linear with its input and weight fake-quantised."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, input_amax: float):
         super().__init__()
-        self.conv, self.input_amax = conv, float(input_amax)
-        self.weight_quant = _WeightQuant(conv.weight)
+        self.layer, self.input_amax = layer, float(input_amax)
+        self.weight_quant = _WeightQuant(layer.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv._conv_forward(_fake_quant(x, self.input_amax), self.weight_quant(self.conv.weight),
-                                       self.conv.bias)
-
-
-class QuantLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, input_amax: float):
-        super().__init__()
-        self.linear, self.input_amax = linear, float(input_amax)
-        self.weight_quant = _WeightQuant(linear.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(_fake_quant(x, self.input_amax), self.weight_quant(self.linear.weight), self.linear.bias)
+        x, w = _fake_quant(x, self.input_amax), self.weight_quant(self.layer.weight)
+        if isinstance(self.layer, nn.Conv2d):
+            return self.layer._conv_forward(x, w, self.layer.bias)
+        return F.linear(x, w, self.layer.bias)
 
 
 def input_ranges(model: nn.Module, calibration: np.ndarray, percentile: float, batch: int = 16,
@@ -101,11 +95,8 @@ def prepare(model: nn.Module, calibration: np.ndarray, percentile: float = 99.99
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             full = next((n for n, m in model.named_modules() if m is child), None)
-            if isinstance(child, nn.Conv2d) and full in ranges:
-                setattr(parent, child_name, QuantConv2d(child, ranges[full]))
-                wrapped += 1
-            elif isinstance(child, nn.Linear) and full in ranges:
-                setattr(parent, child_name, QuantLinear(child, ranges[full]))
+            if isinstance(child, (nn.Conv2d, nn.Linear)) and full in ranges:
+                setattr(parent, child_name, QuantLayer(child, ranges[full]))
                 wrapped += 1
     return wrapped
 
@@ -113,7 +104,5 @@ def prepare(model: nn.Module, calibration: np.ndarray, percentile: float = 99.99
 def freeze(model: nn.Module) -> None:
     """Fix the weight ranges (constant scales in the exported graph, as TensorRT requires)."""
     for m in model.modules():
-        if isinstance(m, QuantConv2d):
-            m.weight_quant.freeze(m.conv.weight)
-        elif isinstance(m, QuantLinear):
-            m.weight_quant.freeze(m.linear.weight)
+        if isinstance(m, QuantLayer):
+            m.weight_quant.freeze(m.layer.weight)

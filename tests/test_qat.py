@@ -35,7 +35,8 @@ def test_every_conv_and_linear_is_wrapped_with_ranges_from_the_calibration(calib
     model = Tiny()
     assert qat.prepare(model, calib, percentile=100.0) == 3
     first = model.body[0]
-    assert isinstance(first, qat.QuantConv2d) and isinstance(model.head, qat.QuantLinear)
+    assert isinstance(first, qat.QuantLayer) and isinstance(model.head, qat.QuantLayer)
+    assert isinstance(first.layer, nn.Conv2d) and isinstance(model.head.layer, nn.Linear)
     assert first.input_amax == pytest.approx(float(np.abs(calib).max()), rel=1e-5)  # percentile 100: the max
 
 
