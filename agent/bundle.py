@@ -24,7 +24,6 @@ Any failure is a ``BundleError`` naming the file.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 
 from . import __version__
 from .config import AgentConfig, load_config, preflight, resolve, resolve_files
+from .hashing import sha256_file
 from .schema import ConfigError, validate
 from .signing import (SignatureError, check_files, key_id, load_private_key, load_public_key, sign_manifest,
                       verify_manifest)
@@ -49,10 +49,6 @@ SECRETS = ("password_file", "tls.ca_file", "tls.cert_file", "tls.key_file")
 
 class BundleError(ValueError):
     """A bundle that must not run, or cannot be written; the message names the file and what was wrong."""
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def secret_keys(raw: dict) -> Iterator[tuple[str, dict, str]]:
@@ -102,11 +98,11 @@ def flash(config: Path | str, device_id: str, out: Path | str, key: Path | str) 
         preflight(resolve_files(cfg, out / "config.yaml"), str(out / "config.yaml"))
         (out / "roadside.service").write_text(systemd_unit(cfg))
         (out / "README.md").write_text(readme(cfg, models, placeholders))
-        files = {n: {"sha256": _sha256(out / n), "bytes": (out / n).stat().st_size}
+        files = {n: {"sha256": sha256_file(out / n), "bytes": (out / n).stat().st_size}
                  for n in ("config.yaml", "operator.pub", "roadside.service", "README.md")}
         index = {"schema": 1, "kind": KIND, "device": device_id, "site": cfg.device.site, "roadside": __version__,
                  "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                 "source_config": {"file": config.name, "sha256": _sha256(config)}, "files": files,
+                 "source_config": {"file": config.name, "sha256": sha256_file(config)}, "files": files,
                  "models": models, "unsigned": {"certs/": "device secrets, installed per device"}}
         (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         sign_manifest(out / INDEX, key)
@@ -152,7 +148,7 @@ def _copy_models(raw: dict, config: Path, out: Path, private, key: Path | str) -
             shutil.copyfile(model.parent / name, dest / name)
         sign_manifest(dest / INDEX, key)
         tcfg["model"] = f"models/{task}/{model.name}"
-        models[task] = {"manifest_sha256": _sha256(dest / INDEX), "file": model.name,
+        models[task] = {"manifest_sha256": sha256_file(dest / INDEX), "file": model.name,
                         "sha256": listed[model.name]["sha256"]}
     return models
 
@@ -250,7 +246,7 @@ def _verify_models(folder: Path, index: dict, keys) -> None:
             verify_manifest(manifest, keys, exclusive=True)
         except SignatureError as e:
             raise _refused(manifest, e) from None
-        if _sha256(manifest) != entry["manifest_sha256"]:
+        if sha256_file(manifest) != entry["manifest_sha256"]:
             raise BundleError(f"{manifest}: signed, but not the model this bundle was flashed with")
 
 

@@ -7,6 +7,7 @@ the subcommand that needs it, never at the top of this file.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -87,11 +88,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     if args.bundle:  # the signed bundle is checked whole before anything is read from it, and again on reload
         from .bundle import BundleError, verify_bundle
 
-        keys = args.trusted_key or [_default_trusted_key()]
-
-        def verify():
-            return verify_bundle(args.bundle, keys)
-
+        verify = functools.partial(verify_bundle, args.bundle, args.trusted_key or [_default_trusted_key()])
         try:
             config = verify()
         except BundleError as e:

@@ -27,6 +27,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .hashing import sha256_file
+
 SIG_NAME = "manifest.sig"
 ALG = "ed25519"
 
@@ -83,14 +85,6 @@ def load_public_key(path: Path | str) -> Ed25519PublicKey:
 
 # ------------------------------------------------------------------------------- manifests
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_manifest(manifest_path: Path) -> tuple[bytes, dict]:
     try:
         data = manifest_path.read_bytes()
@@ -117,7 +111,7 @@ def check_files(manifest_path: Path | str, manifest: dict | None = None, *, excl
         path = folder / name
         if not path.is_file():
             raise SignatureError(f"{manifest_path}: files.{name}: missing")
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != expected:
             raise SignatureError(f"{path}: sha256 {actual[:12]}... does not match the manifest's "
                                  f"{str(expected)[:12]}...: damaged or altered")

@@ -23,6 +23,7 @@ from agent.features.audio import LogMelParams, band_centres_hz, frame_centres_s,
 from agent.features.resample import resample
 
 from .recipe import DistilSection
+from .schedule import warmup_cosine
 
 
 def first_output(out) -> torch.Tensor:
@@ -153,10 +154,8 @@ class Distiller:
                 soft = torch.softmax(self.teacher_logits(keys, views) / t, dim=1)
                 x = features(views, self.student_fe, self.sample_rate)
                 y = torch.from_numpy(np.stack([vw.target for vw in views]))
-                scale = (step + 1) / warmup if step < warmup else \
-                    0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
                 for g in opt.param_groups:
-                    g["lr"] = lr * scale
+                    g["lr"] = lr * warmup_cosine(step, total, warmup)
                 logits = first_output(student(x))
                 kd = torch.nn.functional.kl_div(torch.log_softmax(logits / t, 1), soft, reduction="batchmean") * t * t
                 ce = torch.sum(-y * torch.log_softmax(logits, 1), 1).mean()

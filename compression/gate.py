@@ -9,8 +9,9 @@ class GateFailed(RuntimeError):
     """The chain ran, but its result must not ship; the message lists every reason."""
 
 
-def check(recipe: CompressionRecipe, teacher: dict, shipped: dict) -> list[str]:
-    """Reasons the shipped model fails (empty when it passes). Accuracy in points (0..100)."""
+def accuracy_and_params(recipe, teacher: dict, shipped: dict) -> list[str]:
+    """What every task's gate checks: points lost against the teacher (``gate.max_drop``), then
+    ``budget.max_params``. Accuracy in points (0..100)."""
     failures = []
     drop = 100 * (teacher["accuracy"] - shipped["accuracy"])
     if drop > recipe.gate.max_drop:
@@ -18,6 +19,12 @@ def check(recipe: CompressionRecipe, teacher: dict, shipped: dict) -> list[str]:
                         f"{100 * teacher['accuracy']:.2f} % (gate.max_drop {recipe.gate.max_drop})")
     if shipped["params"] > recipe.budget.max_params:
         failures.append(f"{shipped['params']} parameters > budget.max_params {recipe.budget.max_params}")
+    return failures
+
+
+def check(recipe: CompressionRecipe, teacher: dict, shipped: dict) -> list[str]:
+    """Reasons the shipped noise model fails (empty when it passes)."""
+    failures = accuracy_and_params(recipe, teacher, shipped)
     if shipped["macs_per_second"] > recipe.budget.max_macs_per_second:
         failures.append(f"{shipped['macs_per_second'] / 1e6:.2f} M MACs per second of audio > "
                         f"budget.max_macs_per_second {recipe.budget.max_macs_per_second / 1e6:.2f} M")

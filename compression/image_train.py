@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .image_augment import Views
+from .schedule import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,6 @@ class TeacherCache:
             for k, row in zip(missing, out):
                 self.cache[keys[k]] = row.clone()
         return torch.stack([self.cache[key] for key in keys])
-
-
-def _lr_scale(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def soft_ce(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -91,7 +86,7 @@ def train(model: nn.Module, views: Views, sched: Schedule, seed: int, desc: str,
             keys = [(i, v) for i in order[s:s + sched.batch_size]]
             xs, y = views.batch(keys)
             for g in opt.param_groups:
-                g["lr"] = sched.lr * _lr_scale(step, total, warmup)
+                g["lr"] = sched.lr * warmup_cosine(step, total, warmup)
             logits = model(torch.from_numpy(xs[student_input]))
             loss = soft_ce(logits, torch.from_numpy(y), label_smoothing)
             if teacher is not None:

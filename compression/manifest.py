@@ -16,15 +16,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from agent.hashing import sha256_file
+
 _TOOLS = ("numpy", "scipy", "torch", "onnx", "onnxruntime", "torch-pruning", "roadside")
-
-
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def canonical_json(obj: Any) -> bytes:

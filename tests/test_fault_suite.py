@@ -44,6 +44,7 @@ from agent.payloads import encode_audio, encode_detector, topic_for
 from agent.rules import Rule
 from agent.sources.files import audio_chunks
 from agent_fixtures import AgentProcess, Broker, Collector, write_agent_config
+from ops_fixtures import wait_until
 from upstream_schema import check_upstream
 
 pytestmark = pytest.mark.fault
@@ -183,16 +184,6 @@ class Watch(threading.Thread):
                 self.samples.append(h)
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def _quiescent(watch: Watch, boot: int, timeout: float = 30) -> dict:
     """The latest health sample of ``boot`` once nothing is queued and the counters stood still for a beat."""
     def still():
@@ -200,7 +191,7 @@ def _quiescent(watch: Watch, boot: int, timeout: float = 30) -> dict:
         if len(s) >= 2 and s[-1]["q"] == 0 and (s[-1]["rx"], s[-1]["bad"]) == (s[-2]["rx"], s[-2]["bad"]):
             return s[-1]
         return None
-    return _wait(still, timeout, "the agent to go quiet")
+    return wait_until(still, timeout, "the agent to go quiet")
 
 
 def _publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
@@ -286,7 +277,7 @@ def test_fault_suite(tmp_path, data_dir, noise_model, capsys):
         messages, bad_topics = fuzz()
         _publish_all(sensors.port, messages)
         target = sum(before["rx"].values()) + before["bad"].get("topic", 0) + len(messages)
-        _wait(lambda: watch.samples[-1]["boot"] == 6 and
+        wait_until(lambda: watch.samples[-1]["boot"] == 6 and
               sum(watch.samples[-1]["rx"].values()) + watch.samples[-1]["bad"].get("topic", 0) >= target,
               90, "every fuzzed message counted")
         after = _quiescent(watch, boot=6)

@@ -8,11 +8,12 @@ does not reproduce exactly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..hashing import sha256_file
 
 
 # The ONNX metadata key under which compression/export.py writes the contract into the model itself.
@@ -35,14 +36,6 @@ class Contract:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_contract(model_path: Path | str) -> Contract:
     """Read and check ``manifest.json`` beside ``model_path``."""
     model_path = Path(model_path)
@@ -61,7 +54,7 @@ def load_contract(model_path: Path | str) -> Contract:
     entry = manifest["files"].get(model_path.name)
     if entry is None:
         raise ContractError(f"{manifest_path}: files.{model_path.name} missing: the manifest does not describe this model")
-    actual = _sha256(model_path)
+    actual = sha256_file(model_path)
     if actual != entry.get("sha256"):
         raise ContractError(f"{model_path}: sha256 {actual[:12]}... does not match manifest "
                             f"files.{model_path.name}.sha256 {str(entry.get('sha256'))[:12]}...: damaged or altered")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..hashing import sha256_file
 from . import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,13 @@ def check_sidecar(engine_path: Path, expected: EngineKey) -> None:
     if diffs:
         detail = ", ".join(f"{k}: engine {a!r} vs here {b!r}" for k, (a, b) in diffs.items())
         raise EngineMismatch(f"{engine_path}: built for another target ({detail})")
-    digest = hashlib.sha256(engine_path.read_bytes()).hexdigest()
+    digest = sha256_file(engine_path)
     if digest != recorded.get("engine_sha256"):
         raise EngineMismatch(f"{engine_path}: engine bytes do not match their sidecar (damaged)")
 
 
 def write_sidecar(engine_path: Path, key: EngineKey) -> None:
-    info = {**asdict(key), "engine_sha256": hashlib.sha256(engine_path.read_bytes()).hexdigest()}
+    info = {**asdict(key), "engine_sha256": sha256_file(engine_path)}
     engine_path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
 
 

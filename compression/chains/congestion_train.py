@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from ..schedule import warmup_cosine
 from .congestion_eval import Windows
 from .congestion_recipe import DistilSection, TrainSection
 
@@ -83,8 +84,7 @@ def fit(model: nn.Module, loss_fn: Callable, d: Tensors, cfg: TrainSection, spee
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = max(1, total // 20)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm))
     rng = np.random.default_rng((seed, sum(map(ord, stage))))
     history = []
     for epoch in range(cfg.epochs):

@@ -14,6 +14,7 @@ import numpy as np
 
 from agent.features.image import ImageParams, preprocess
 
+from .. import gate
 from ..evaluate import Scorer, evaluate_vehicles
 from ..latency import _median_ms
 from ..manifest import sha256_json, write_manifest
@@ -65,15 +66,9 @@ class Stages:
 
 def check(recipe, teacher: dict, shipped: dict) -> list[str]:
     """Reasons the shipped model fails (empty when it passes). Accuracy in points (0..100)."""
-    failures = []
-    drop = 100 * (teacher["accuracy"] - shipped["accuracy"])
-    if drop > recipe.gate.max_drop:
-        failures.append(f"accuracy {100 * shipped['accuracy']:.2f} % is {drop:.2f} points below the teacher's "
-                        f"{100 * teacher['accuracy']:.2f} % (gate.max_drop {recipe.gate.max_drop})")
+    failures = gate.accuracy_and_params(recipe, teacher, shipped)
     if recipe.gate.min_accuracy is not None and 100 * shipped["accuracy"] < recipe.gate.min_accuracy:
         failures.append(f"accuracy {100 * shipped['accuracy']:.2f} % < gate.min_accuracy {recipe.gate.min_accuracy}")
-    if shipped["params"] > recipe.budget.max_params:
-        failures.append(f"{shipped['params']} parameters > budget.max_params {recipe.budget.max_params}")
     if shipped["macs_per_image"] > recipe.budget.max_macs_per_image:
         failures.append(f"{shipped['macs_per_image'] / 1e6:.2f} M MACs per crop > "
                         f"budget.max_macs_per_image {recipe.budget.max_macs_per_image / 1e6:.2f} M")

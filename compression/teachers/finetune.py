@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..schedule import warmup_cosine
 from .mn04 import MN
 from .recipe import AugmentSection, TeacherRecipe
 
@@ -154,8 +155,7 @@ def train(model: MN, x_train: torch.Tensor, y_train: torch.Tensor, recipe: Teach
             idx = order[i:i + recipe.batch_size]
             y = torch.nn.functional.one_hot(y_train[idx], n_classes).float()
             x, y = augment(x_train[idx], y, recipe.augment, gen)
-            scale = (step + 1) / warmup if step < warmup else \
-                0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+            scale = warmup_cosine(step, total, warmup)
             for grp in groups:
                 grp["lr"] = grp["base_lr"] * scale
             loss = torch.sum(-y * torch.log_softmax(model(x)[0], dim=1), dim=1).mean()
