@@ -76,12 +76,12 @@ def _real_artefact(folder, embedded: dict):
 def test_a_model_whose_onnx_metadata_contradicts_its_manifest_is_refused(tmp_path):
     from types import SimpleNamespace
 
-    from agent.backends import load_backend
+    from agent.tasks import load_model
 
     cfg = SimpleNamespace(type="onnxruntime", threads=1)
     agrees = _real_artefact(tmp_path / "a", {"task": "noise", "labels": ["x", "y"], "frontend": FRONTEND})
-    assert load_backend(agrees, cfg, tmp_path).name == "onnxruntime"
+    assert load_model("noise", "logmel", agrees, cfg, tmp_path).backend.name == "onnxruntime"
     other = _real_artefact(tmp_path / "b", {"task": "noise", "labels": ["x", "y"],
                                             "frontend": {**FRONTEND, "n_mels": 128}})
     with pytest.raises(ContractError, match="ONNX metadata contradicts manifest.json .frontend"):
-        load_backend(other, cfg, tmp_path)
+        load_model("noise", "logmel", other, cfg, tmp_path)

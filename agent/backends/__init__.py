@@ -10,7 +10,7 @@ the factories, so a device without TensorRT never imports it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,15 +28,14 @@ class Loaded:
     run: Callable[[np.ndarray], np.ndarray]  # float32 batch -> logits
     name: str  # the backend actually running
     fallback_reason: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)  # the ONNX file's own, where the backend reads it
 
 
 def _onnxruntime(model_path: Path, cfg: Any, cache_dir: Path) -> Loaded:
-    from .contract import check_embedded, load_contract
     from .onnx import OnnxBackend
 
     backend = OnnxBackend(model_path, threads=cfg.threads)
-    check_embedded(load_contract(model_path), backend.session.get_modelmeta().custom_metadata_map)
-    return Loaded(backend, "onnxruntime")
+    return Loaded(backend, "onnxruntime", metadata=dict(backend.session.get_modelmeta().custom_metadata_map))
 
 
 def tensorrt_onnx(model_path: Path) -> Path:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..alerts import ModelInfo
 from ..backends import Loaded, load_backend
-from ..backends.contract import Contract, ContractError, load_contract, require_frontend
+from ..backends.contract import Contract, ContractError, check_embedded, load_contract, require_frontend
 from ..features.level import LevelSummary
 
 
@@ -62,6 +62,7 @@ def load_model(task: str, frontend_kind: str, model_path: Path, backend_cfg: Any
         raise ContractError(f"{model_path}: frontend.kind {kind!r} is not one this agent computes for {task} "
                             f"(expected {frontend_kind!r})")
     backend = load_backend(model_path, backend_cfg, cache_dir)
+    check_embedded(contract, backend.metadata)
     extra = contract.extra
     info = ModelInfo(str(extra.get("model_name") or extra.get("name") or task),
                      str(extra.get("version") or extra.get("stage") or "0"), contract.sha256)
