@@ -111,7 +111,9 @@ def run(recipe_path: Path, data=None, out: Path | None = None, work: Path | None
 
 def run_noise(recipe: CompressionRecipe, recipe_path: Path, data=None, out: Path | None = None,
               work: Path | None = None) -> dict:
-    """The recipe's teacher checkpoint through the noise chain."""
+    """The recipe's teacher (a checkpoint or a Hugging Face model folder) through the noise chain."""
+    if recipe.teacher.huggingface is not None:
+        return _run_huggingface(recipe, recipe_path, data, out, work)
     teacher_path = Path(recipe.teacher.checkpoint)
     teacher_path = teacher_path if teacher_path.is_absolute() else REPO / teacher_path
     teacher, tcfg = load_checkpoint(teacher_path)
@@ -119,12 +121,36 @@ def run_noise(recipe: CompressionRecipe, recipe_path: Path, data=None, out: Path
                     recipe_path=recipe_path, teacher_path=teacher_path)
 
 
+def _run_huggingface(recipe: CompressionRecipe, recipe_path: Path, data=None, out: Path | None = None,
+                     work: Path | None = None) -> dict:
+    """A Hugging Face model folder as the teacher: its extractor as our log-mel, its outputs in the
+    data's label order; how faithfully our front-end feeds it is measured against optimum's export."""
+    from .teachers import huggingface
+
+    path = Path(recipe.teacher.huggingface)
+    path = path if path.is_absolute() else REPO / path
+    teacher = huggingface.load_teacher(path, list(urbansound.LABELS))
+    work = Path(work or REPO / "runs" / recipe.name)
+    root, _, val = _splits(recipe, data)
+    p = LogMelParams.from_dict(teacher.frontend)
+    waves, _, _ = urbansound.load_clips(val[:32], p.sample_rate, recipe.student.window_seconds, progress=False)
+    check = huggingface.fidelity(teacher, huggingface.export_optimum(path, work / "teacher_optimum"), waves)
+    log.info("Hugging Face teacher through our front-end vs its own extractor + optimum ONNX: %s", check)
+    return compress(teacher.module, teacher.frontend, teacher.labels, recipe, data, out, work,
+                    recipe_path=recipe_path, teacher_inputs=teacher.identity(),
+                    report_extra={"teacher_frontend_fidelity": check})
+
+
 def compress(teacher: torch.nn.Module, teacher_frontend: dict, labels: list[str], recipe: CompressionRecipe,
              data=None, out: Path | None = None, work: Path | None = None, *,
-             recipe_path: Path | None = None, teacher_path: Path | None = None) -> dict:
+             recipe_path: Path | None = None, teacher_path: Path | None = None,
+             teacher_inputs: dict | None = None, report_extra: dict | None = None) -> dict:
     """Compress any PyTorch teacher: ``teacher(x)`` maps log-mel (B, 1, n_mels, T) from
     ``teacher_frontend`` (a LogMelParams dict) to logits over ``labels`` (or a tuple whose
-    first item is the logits). Returns the report; raises GateFailed when the result must not ship.
+    first item is the logits). ``teacher_inputs`` names the teacher in the manifest when it is
+    not one file (default: ``teacher_path``'s sha256, else a hash of its weights);
+    ``report_extra`` is added to the report. Returns the report; raises GateFailed when the
+    result must not ship.
     """
     t_start = time.time()
     torch.manual_seed(recipe.seed)
@@ -231,7 +257,8 @@ def compress(teacher: torch.nn.Module, teacher_frontend: dict, labels: list[str]
     chosen["tensorrt_name"] = trt_name
     report = write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, contract, failures,
                              engine, parity, prune_log, history, train, val, calib_clips, root, teacher,
-                             teacher_path, time.time() - t_start, distiller.teacher_calls)
+                             teacher_path, time.time() - t_start, distiller.teacher_calls,
+                             teacher_inputs, report_extra or {})
     if failures:
         raise gate.GateFailed("the compressed model did not pass the gate:\n  " + "\n  ".join(failures))
     return report
@@ -322,9 +349,12 @@ def build_engine_stage(recipe: CompressionRecipe, trt_onnx: Path, work: Path) ->
     return {"status": "built", "engine": path.name, "bytes": path.stat().st_size}
 
 
-def _inputs(teacher: torch.nn.Module, teacher_path: Path | None, recipe_path: Path | None) -> dict:
-    """The teacher's identity: its file's sha256, or for an in-memory teacher a hash of its weights."""
-    if teacher_path is not None:
+def _inputs(teacher: torch.nn.Module, teacher_path: Path | None, recipe_path: Path | None,
+            teacher_inputs: dict | None = None) -> dict:
+    """The teacher's identity: as given, its file's sha256, or for an in-memory teacher a hash of its weights."""
+    if teacher_inputs is not None:
+        ident = teacher_inputs
+    elif teacher_path is not None:
         ident = {"teacher": teacher_path.name, "teacher_sha256": sha256_file(teacher_path)}
     else:
         import hashlib
@@ -339,7 +369,7 @@ def _inputs(teacher: torch.nn.Module, teacher_path: Path | None, recipe_path: Pa
 
 def write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, contract, failures, engine, parity,
                     prune_log, history, train, val, calib_clips, root, teacher, teacher_path, seconds,
-                    teacher_calls) -> dict:
+                    teacher_calls, teacher_inputs, report_extra) -> dict:
     results = {k: {kk: vv for kk, vv in v.items() if kk != "_logits"} for k, v in stages.results.items()}
     shipped = results[shipped_name]
     files, targets = ship_models(out, chosen["cpu"], chosen["tensorrt"],
@@ -355,6 +385,7 @@ def write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, cont
         "history": history, "seconds": round(seconds, 1), "teacher_forward_clips": teacher_calls,
         "calibration_clips": [c.path.relative_to(root).as_posix() for c in calib_clips],
         "licence": "trained on UrbanSound8K (CC BY-NC 3.0): non-commercial use only",
+        **report_extra,
     }
     files.append(write_json(report, out / "report.json"))
     files.append(plot_confusion(shipped["confusion"], contract["labels"], out / "confusion.png",
@@ -363,7 +394,7 @@ def write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, cont
     files.append(plot_accuracy_latency(results, out / "accuracy_latency.png", recipe.name))
     write_manifest(
         out, stage="compress", files=files,
-        inputs=_inputs(teacher, teacher_path, recipe_path),
+        inputs=_inputs(teacher, teacher_path, recipe_path, teacher_inputs),
         recipe=recipe.model_dump(),
         data_lists={"train": urbansound.data_list_sha256(train, root), "val": urbansound.data_list_sha256(val, root),
                     "calibration": urbansound.data_list_sha256(calib_clips, root)},

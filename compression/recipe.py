@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.features.audio import LogMelParams
 from agent.schema import StrictModel, load_yaml
@@ -18,8 +18,17 @@ from .teachers.recipe import AugmentSection
 
 
 class TeacherSection(StrictModel):
-    checkpoint: str = Field(description="fine-tuned teacher (.pt written by `roadside teacher train`), "
-                                        "relative to the repository or absolute")
+    checkpoint: str | None = Field(None, description="fine-tuned teacher (.pt written by `roadside teacher "
+                                                     "train`), relative to the repository or absolute")
+    huggingface: str | None = Field(None, description="or: a Hugging Face audio-classification model folder "
+                                                      "(save_pretrained; AST-style log-mel extractor), read "
+                                                      "locally; needs the [hf] extra")
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "TeacherSection":
+        if (self.checkpoint is None) == (self.huggingface is None):
+            raise ValueError("give exactly one of checkpoint or huggingface")
+        return self
 
 
 class DataSection(StrictModel):

@@ -44,7 +44,8 @@ def test_the_shipped_noise_model_is_what_the_committed_recipe_builds():
     its files are the ones its manifest hashes."""
     manifest = json.loads((SHIPPED / "manifest.json").read_text())
     recipe = load_recipe(REPO / "compression" / "recipes" / "noise.yaml")
-    assert manifest["recipe"] == json.loads(json.dumps(recipe.model_dump()))
+    # read back through today's schema: a field added since (with its default) is not a different recipe
+    assert type(recipe).model_validate(manifest["recipe"]) == recipe
     assert manifest["frontend"] == recipe.student.frontend
     assert verify_files(SHIPPED / "manifest.json") == []
     report = json.loads((SHIPPED / "report.json").read_text())
