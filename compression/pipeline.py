@@ -207,8 +207,9 @@ def compress(teacher: torch.nn.Module, teacher_frontend: dict, labels: list[str]
         from .quantise import quantise
 
         for flavour in ("cpu", "tensorrt"):
+            percentile, keep_float = recipe.quantise.flavour(flavour)
             path = quantise(fp32_onnx, work / f"int8_{flavour}.onnx", calib, flavour,
-                            recipe.quantise.calibrate_method, recipe.quantise.percentile)
+                            recipe.quantise.calibrate_method, percentile, keep_float=keep_float)
             scorer = _onnx_scorer(path, contract)
             entry = stages.score(f"int8_{flavour}", scorer, path, params, macs)
             entry["top1_agreement_with_fp32"] = float(
@@ -268,6 +269,11 @@ def prune_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib
                 distiller: Distiller, params: int) -> tuple[list[dict], list[dict]]:
     """Prune in ``prune.steps`` steps (to the plan, or to ``prune.target_params``), KD fine-tuning after each."""
     cfg, log_steps, history = recipe.prune, [], []
+    from .students.slim import SlimTeacher
+
+    if cfg.method == "reconstruct" and not isinstance(student, SlimTeacher):
+        raise ValueError(f"prune.method reconstruct re-fits a whole slimmed teacher; this student is a "
+                         f"{type(student).__name__}: use prune.method magnitude")
     x = torch.from_numpy(calib)
     planned = cfg.method == "reconstruct" and cfg.plan is not None
     targets = [0] * cfg.steps if planned else prune.step_targets(params, cfg.target_params, cfg.steps)

@@ -13,11 +13,13 @@ the fallback for TensorRT (``quantise.qat_epochs``).
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -40,8 +42,12 @@ class _Batches(CalibrationDataReader):
 
 
 def quantise(fp32: Path, out: Path, calibration: np.ndarray, flavour: Flavour,
-             method: str = "percentile", percentile: float = 99.999, input_name: str = "features") -> Path:
-    """INT8 QDQ copy of ``fp32`` at ``out``, calibrated on ``calibration`` (N, 1, F, T) features."""
+             method: str = "percentile", percentile: float = 99.999, input_name: str = "features",
+             keep_float: Sequence[str] = ()) -> Path:
+    """INT8 QDQ copy of ``fp32`` at ``out``, calibrated on ``calibration`` (N, 1, F, T) features.
+
+    ``keep_float``: regular expressions over node names left in float (mixed precision); each
+    must match at least one node, so a renamed layer cannot silently turn the option off."""
     if len(calibration) == 0:
         raise ValueError("quantise: no calibration features (data.calibration_clips found no readable clips)")
     if not np.all(np.isfinite(calibration)):
@@ -55,10 +61,22 @@ def quantise(fp32: Path, out: Path, calibration: np.ndarray, flavour: Flavour,
         # quantiser expects: otherwise BN would be quantised on its own.
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        excluded = float_nodes(pre, keep_float)
         quantize_static(
             str(pre), str(out), _Batches(calibration, input_name), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=_METHODS[method], extra_options=extra)
-    log.info("quantised %s -> %s (%s, %s calibration on %d clips)", fp32.name, out.name, flavour, method,
-             len(calibration))
+            weight_type=QuantType.QInt8, calibrate_method=_METHODS[method], extra_options=extra,
+            nodes_to_exclude=excluded)
+    log.info("quantised %s -> %s (%s, %s calibration on %d clips, %d nodes left in float)", fp32.name, out.name,
+             flavour, method, len(calibration), len(excluded))
     return out
+
+
+def float_nodes(model: Path, patterns: Sequence[str]) -> list[str]:
+    """Names of the nodes of ``model`` that any of ``patterns`` matches (re.search)."""
+    names = [n.name for n in onnx.load(str(model)).graph.node]
+    unmatched = [p for p in patterns if not any(re.search(p, n) for n in names)]
+    if unmatched:
+        raise ValueError(f"quantise.keep_float: {unmatched} match no node of {model.name} "
+                         f"(node names look like {names[:2]})")
+    return [n for n in names if any(re.search(p, n) for p in patterns)]

@@ -44,6 +44,10 @@ class StudentSection(StrictModel):
     frontend: dict[str, Any] = Field(description="log-mel parameters the student expects (LogMelParams)")
     window_seconds: float = Field(4.0, gt=0, description="audio per inference")
     cnn_channels: list[int] = Field([16, 32, 64, 128], description="cnn only: channels per stage")
+    truncate_after: int | None = Field(None, ge=0, description="slim_teacher only: keep the teacher's blocks "
+                                                               "0..N and put a new embedding and head on them")
+    embedding_channels: int = Field(160, ge=8, description="with truncate_after: width of the new 1x1-conv "
+                                                           "embedding")
 
     @field_validator("frontend")
     @classmethod
@@ -104,14 +108,40 @@ class PruneSection(StrictModel):
     max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more of one layer than this")
 
 
+class FlavourSection(StrictModel):
+    percentile: float | None = Field(None, gt=90, le=100, description="overrides quantise.percentile")
+    keep_float: list[str] = Field([], description="regular expressions over the FP32 ONNX node names left in "
+                                                  "float (mixed precision): layers too sensitive to INT8; each "
+                                                  "must match a node")
+
+    @field_validator("keep_float")
+    @classmethod
+    def _patterns_compile(cls, v: list[str]) -> list[str]:
+        import re
+
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a regular expression ({e})") from None
+        return v
+
+
 class QuantiseSection(StrictModel):
     enabled: bool = True
     calibrate_method: Literal["minmax", "percentile", "entropy"] = Field(
         "percentile", description="how activation ranges are found from the calibration clips")
     percentile: float = Field(99.999, gt=90, le=100, description="for calibrate_method percentile")
+    cpu: FlavourSection = Field(FlavourSection(), description="overrides for the onnxruntime CPU flavour")
+    tensorrt: FlavourSection = Field(FlavourSection(), description="overrides for the TensorRT flavour")
     qat_epochs: int = Field(0, ge=0, description="quantisation-aware KD epochs for the TensorRT INT8 model when "
                                                  "post-training INT8 fails the gate (0: FP16 engine instead)")
     qat_lr: float = Field(5e-4, gt=0, description="peak learning rate of the quantisation-aware epochs")
+
+    def flavour(self, name: str) -> tuple[float, list[str]]:
+        """(percentile, keep_float) for one flavour, its overrides applied."""
+        f = getattr(self, name)
+        return (self.percentile if f.percentile is None else f.percentile), list(f.keep_float)
 
 
 class EngineSection(StrictModel):

@@ -179,6 +179,35 @@ def test_quantise_refuses_bad_calibration(tmp_path):
         quantise(tmp_path / "x.onnx", tmp_path / "y.onnx", np.full((2, 1, 4, 4), np.nan, np.float32), "cpu")
 
 
+def test_layers_named_in_keep_float_stay_in_float_and_a_pattern_matching_nothing_is_an_error(tmp_path):
+    """Mixed precision: quantise.<flavour>.keep_float leaves sensitive layers in float."""
+    import onnx
+    import torch
+
+    from agent.schema import ConfigError
+    from compression.export import export_onnx
+    from compression.quantise import quantise
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 12 * 12, 10))
+    fp32 = export_onnx(model, torch.zeros(1, 1, 16, 16), tmp_path / "fp32.onnx", {"task": "noise"})
+    calib = np.random.default_rng(0).normal(size=(8, 1, 16, 16)).astype(np.float32)
+
+    def float_convs(path):
+        graph = onnx.load(str(path)).graph
+        dequantised = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        return sorted(n.name for n in graph.node if n.op_type == "Conv" and not set(n.input) & dequantised)
+
+    assert float_convs(quantise(fp32, tmp_path / "all.onnx", calib, "cpu")) == []
+    mixed = quantise(fp32, tmp_path / "mixed.onnx", calib, "cpu", keep_float=[r"^/model/model\.0/"])
+    assert float_convs(mixed) == ["/model/model.0/Conv"]
+    with pytest.raises(ValueError, match=r"keep_float: \['conv99'\] match no node"):
+        quantise(fp32, tmp_path / "x.onnx", calib, "cpu", keep_float=["conv99"])
+    with pytest.raises(ConfigError, match=r"quantise.cpu.keep_float.*not a regular expression"):
+        load_recipe(RECIPE, **{"quantise.cpu.keep_float": ["features.(0"]})
+
+
 def test_any_torch_teacher_with_its_own_frontend(data_dir, tmp_path):
     """The Python API: a user's nn.Module (plain logits out) and its front-end, distilled into a small CNN."""
     import torch

@@ -85,3 +85,19 @@ def test_a_model_whose_onnx_metadata_contradicts_its_manifest_is_refused(tmp_pat
                                             "frontend": {**FRONTEND, "n_mels": 128}})
     with pytest.raises(ContractError, match="ONNX metadata contradicts manifest.json .frontend"):
         load_model("noise", "logmel", other, cfg, tmp_path)
+
+
+@pytest.mark.parametrize("task", ["noise", "vehicles", "congestion"])
+def test_every_shipped_model_carries_the_contract_its_manifest_states(task):
+    """A shipped ONNX file copied without its manifest still says what it expects."""
+    from pathlib import Path
+
+    from compression.export import read_contract
+
+    folder = Path(__file__).resolve().parents[1] / "agent" / "models" / task
+    contract = load_contract(folder / "model.onnx")
+    for model in sorted(folder.glob("model*.onnx")):
+        embedded = read_contract(model)
+        assert embedded is not None, model.name
+        assert (embedded["task"], embedded["labels"], embedded["frontend"]) == \
+               (contract.task, list(contract.labels), contract.frontend), model.name

@@ -109,8 +109,9 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
         from ..quantise import quantise
 
         calib = np.sort(np.random.default_rng(recipe.seed).permutation(len(ds.train))[:recipe.data.calibration_windows])
+        percentile, keep_float = recipe.quantise.flavour("cpu")
         int8 = quantise(fp32, work / "student_int8.onnx", ds.train.X[calib], "cpu", recipe.quantise.calibrate_method,
-                        recipe.quantise.percentile)
+                        percentile, keep_float=keep_float)
         stages["student_int8"] = _score(es, onnx_predict(_session(int8)), n_params(student), int8, params,
                                         history_now)
         stages["student_int8"]["state_agreement_with_fp32"] = float(

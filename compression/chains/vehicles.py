@@ -219,8 +219,9 @@ def quantise_stage(recipe: VehiclesRecipe, stages: Stages, fp32_onnx: Path, cali
     from ..quantise import quantise
 
     for flavour in ("cpu", "tensorrt"):
+        percentile, keep_float = recipe.quantise.flavour(flavour)
         path = quantise(fp32_onnx, work / f"int8_{flavour}.onnx", calib, flavour,
-                        recipe.quantise.calibrate_method, recipe.quantise.percentile)
+                        recipe.quantise.calibrate_method, percentile, keep_float=keep_float)
         entry = stages.score(f"int8_{flavour}", _onnx_scorer(path, contract), path, params, macs)
         entry["top1_agreement_with_fp32"] = stages.agreement(f"int8_{flavour}", "pruned")
         chosen[flavour] = path

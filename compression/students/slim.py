@@ -52,6 +52,27 @@ class SlimTeacher(nn.Module):
         return self.body(self.pad(x))
 
 
+class TruncatedTeacher(nn.Module):
+    """The teacher's first blocks, a new 1x1-conv embedding and a linear head: the cheapest way to
+    drop the wide late blocks (where most of mn04's parameters are) without thinning the early ones."""
+
+    def __init__(self, body: MN, blocks: int, embedding: int, n_classes: int, pad_rows: int, silence: float):
+        super().__init__()
+        self.pad = PadBands(pad_rows, silence)
+        self.features = copy.deepcopy(body.features[:blocks])
+        width = [m.out_channels for m in self.features[-1].modules() if isinstance(m, nn.Conv2d)][-1]
+        self.embed = nn.Sequential(nn.Conv2d(width, embedding, 1), nn.Hardswish())
+        self.head = nn.Linear(embedding, n_classes)
+
+    def pruning_protected(self) -> list[str]:
+        return ["features.0.0", "head"] + [f"features.{i}.block.{len(b.block) - 1}.0"
+                                           for i, b in enumerate(self.features) if hasattr(b, "block")]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed(self.features(self.pad(x))).mean(dim=(2, 3))
+        return self.head(emb), emb
+
+
 def silence_value(frontend: dict) -> float:
     """The normalised log-mel of digital silence for this front-end."""
     p = LogMelParams.from_dict(frontend)
@@ -64,8 +85,14 @@ def slim_teacher(teacher: nn.Module, n_classes: int, n_mels: int, section=None,
         raise TypeError(f"slim_teacher needs an mn04 teacher (compression.teachers.mn04.MN), got {type(teacher).__name__}")
     if n_mels > teacher_n_mels:
         raise ValueError(f"student.frontend.n_mels {n_mels} exceeds the teacher's {teacher_n_mels} bands")
+    silence = silence_value(section.frontend) if section is not None else (math.log(1e-5) + 4.5) / 5
+    if section is not None and section.truncate_after is not None:
+        if section.truncate_after >= len(teacher.features):
+            raise ValueError(f"student.truncate_after {section.truncate_after}: the teacher has blocks "
+                             f"0..{len(teacher.features) - 1}")
+        return TruncatedTeacher(teacher, section.truncate_after + 1, section.embedding_channels, n_classes,
+                                teacher_n_mels - n_mels, silence)
     body = copy.deepcopy(teacher)
     if body.classifier[-1].out_features != n_classes:
         body.replace_head(n_classes)
-    silence = silence_value(section.frontend) if section is not None else (math.log(1e-5) + 4.5) / 5
     return SlimTeacher(body, teacher_n_mels - n_mels, silence)
