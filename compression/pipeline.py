@@ -310,7 +310,8 @@ def qat_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib: 
     from . import qat
 
     qstudent = copy.deepcopy(student)
-    n = qat.prepare(qstudent, calib, recipe.quantise.percentile)
+    percentile, keep_float = recipe.quantise.flavour("tensorrt")
+    n = qat.prepare(qstudent, calib, percentile, keep_float)
     log.info("quantisation-aware training: %d layers fake-quantised, %d epochs", n, recipe.quantise.qat_epochs)
     history = distiller.run(qstudent, recipe.quantise.qat_epochs, recipe.quantise.qat_lr, "qat")
     qat.freeze(qstudent)

@@ -12,6 +12,9 @@ scales; onnxruntime runs that graph on the CPU to score it.
 
 from __future__ import annotations
 
+import re
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -86,16 +89,40 @@ def input_ranges(model: nn.Module, calibration: np.ndarray, percentile: float, b
     return {n: float(torch.quantile(torch.cat(v)[:16_000_000], percentile / 100)) for n, v in seen.items()}
 
 
-def prepare(model: nn.Module, calibration: np.ndarray, percentile: float = 99.99) -> int:
-    """Wrap every Conv2d and Linear of ``model`` in place with fake quantisers; returns how many."""
+def onnx_node_name(model: nn.Module, module_path: str) -> str:
+    """The name the ONNX export (compression.export) gives the layer at ``module_path``, so the
+    recipe's ``keep_float`` patterns over node names select the same layers here as in
+    post-training quantisation. The exporter's wrapper is ``model``; every module that is called
+    adds a scope, named by its dotted path from the nearest non-numeric attribute
+    (``body.features.1.block.0.0`` -> ``/model/body/features/features.1/block/block.0/block.0.0/Conv``);
+    ModuleLists are iterated, never called, so they add none."""
+    parts, scopes, start, node = module_path.split("."), [], 0, model
+    for i, part in enumerate(parts):
+        node = getattr(node, part) if not part.isdigit() else node[int(part)]
+        if not part.isdigit():
+            start = i
+        if not isinstance(node, (nn.ModuleList, nn.ModuleDict)):
+            scopes.append(".".join(parts[start:i + 1]))
+    return "/" + "/".join(["model", *scopes, "Conv" if isinstance(node, nn.Conv2d) else "Gemm"])
+
+
+def prepare(model: nn.Module, calibration: np.ndarray, percentile: float = 99.99,
+            keep_float: Sequence[str] = ()) -> int:
+    """Wrap every Conv2d and Linear of ``model`` in place with fake quantisers, except those whose
+    ONNX node name a ``keep_float`` pattern matches (re.search); returns how many were wrapped."""
     if len(calibration) == 0:
         raise ValueError("qat: no calibration features (data.calibration_clips found no readable clips)")
     ranges = input_ranges(model, calibration, percentile)
+    names = {n: onnx_node_name(model, n) for n in ranges}
+    unmatched = [p for p in keep_float if not any(re.search(p, v) for v in names.values())]
+    if unmatched:
+        raise ValueError(f"quantise.keep_float: {unmatched} match no layer of the QAT model")
     wrapped = 0
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             full = next((n for n, m in model.named_modules() if m is child), None)
-            if isinstance(child, (nn.Conv2d, nn.Linear)) and full in ranges:
+            if isinstance(child, (nn.Conv2d, nn.Linear)) and full in ranges and \
+                    not any(re.search(p, names[full]) for p in keep_float):
                 setattr(parent, child_name, QuantLayer(child, ranges[full]))
                 wrapped += 1
     return wrapped

@@ -82,3 +82,32 @@ def test_the_export_is_symmetric_int8_qdq_with_constant_scales_and_runs_in_onnxr
 def test_no_calibration_is_refused():
     with pytest.raises(ValueError, match="calibration"):
         qat.prepare(Tiny(), np.zeros((0, 1, 16, 20), np.float32))
+
+
+def test_layer_names_are_the_onnx_export_s_so_keep_float_selects_the_same_layers_as_post_training(tmp_path):
+    """quantise.tensorrt.keep_float patterns are written against ONNX node names; QAT must read them
+    the same way, on the real student architecture (mn04 slimmed)."""
+    from compression.pipeline import _example
+    from compression.recipe import load_recipe
+    from compression.students import BUILDERS
+    from compression.teachers.mn04 import MN
+    from test_compress_pipeline import REPO
+
+    recipe = load_recipe(REPO / "compression" / "recipes" / "noise.yaml")
+    torch.manual_seed(0)
+    student = BUILDERS["slim_teacher"](MN(n_classes=10).eval(), 10, 103, recipe.student).eval()
+    example = _example(recipe.student.frontend, 1.0)
+    exported = export_onnx(student, example, tmp_path / "s.onnx", {"task": "noise"})
+    nodes = {n.name for n in onnx.load(str(exported)).graph.node if n.op_type in ("Conv", "Gemm")}
+    layers = {qat.onnx_node_name(student, n) for n, m in student.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert layers == nodes and len(nodes) == 64
+
+    calib = np.random.default_rng(0).normal(size=(2, *example.shape[1:])).astype(np.float32)
+    early = r"^/model/body/features/features\.[0-4]/"
+    wrapped = qat.prepare(student, calib, 99.99, keep_float=[early])
+    assert wrapped == 64 - sum(1 for n in nodes if __import__("re").search(early, n))
+    assert not isinstance(student.body.features[0][0], qat.QuantLayer)
+    assert isinstance(student.body.features[5].block[0][0], qat.QuantLayer)
+    with pytest.raises(ValueError, match="match no layer"):
+        qat.prepare(Tiny(), np.zeros((2, 1, 16, 20), np.float32), 99.99, keep_float=["features\\.99"])

@@ -8,8 +8,8 @@ teacher for ``compression.pipeline.compress``:
   distilled by the same feature code as every other stage. AST's extractor is Kaldi fbank
   (25 ms Hann windows every 10 ms, pre-emphasis 0.97, Kaldi mel bands from 20 Hz,
   ln with a float-epsilon floor, ``(x - mean) / (2 std)``): our front-end computes the same
-  except Kaldi's per-frame DC removal and per-frame pre-emphasis edge, so the two differ in
-  the lowest bands. ``fidelity`` measures what that costs, against the model as optimum
+  except Kaldi's per-frame DC removal and per-frame pre-emphasis edge (and it adds the floor
+  where Kaldi clamps to it), so the two differ visibly in the lowest two bands only. ``fidelity`` measures what that costs, against the model as optimum
   exports it run on the extractor's own features;
 - an adapter module: our ``(B, 1, n_mels, T)`` in, the model's ``(B, max_length, n_mels)``
   (padded like the extractor pads), logits out in the order of the data's labels;
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from agent.features.audio import LogMelParams, log_mel
+from agent.hashing import sha256_file
 
 KALDI_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi's log floor (torchaudio's and transformers' fbank)
 INSTALL_HINT = "pip install -e '.[hf]' (transformers and optimum-onnx)"
@@ -95,15 +96,9 @@ class HuggingFaceTeacher:
     def identity(self) -> dict:
         """The folder's files by sha256, for the manifest (a folder has no single file hash)."""
         files = sorted(p for p in self.path.rglob("*") if p.is_file())
-        listing = {p.relative_to(self.path).as_posix(): _sha256(p) for p in files}
+        listing = {p.relative_to(self.path).as_posix(): sha256_file(p) for p in files}
         digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
         return {"teacher": f"huggingface:{self.path.name}", "teacher_sha256": digest, "teacher_files": listing}
-
-
-def _sha256(path: Path) -> str:
-    from agent.hashing import sha256_file
-
-    return sha256_file(path)
 
 
 def load_teacher(model_dir: Path | str, labels: list[str] | tuple[str, ...]) -> HuggingFaceTeacher:
