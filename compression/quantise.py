@@ -61,7 +61,7 @@ def quantise(fp32: Path, out: Path, calibration: np.ndarray, flavour: Flavour,
         # quantiser expects: otherwise BN would be quantised on its own.
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        excluded = float_nodes(pre, keep_float)
+        excluded = float_nodes(pre, keep_float, fp32.name)
         quantize_static(
             str(pre), str(out), _Batches(calibration, input_name), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
@@ -72,11 +72,11 @@ def quantise(fp32: Path, out: Path, calibration: np.ndarray, flavour: Flavour,
     return out
 
 
-def float_nodes(model: Path, patterns: Sequence[str]) -> list[str]:
-    """Names of the nodes of ``model`` that any of ``patterns`` matches (re.search)."""
+def float_nodes(model: Path, patterns: Sequence[str], source: str) -> list[str]:
+    """Names of the nodes of ``model`` (prepared from ``source``) that any of ``patterns`` matches (re.search)."""
     names = [n.name for n in onnx.load(str(model)).graph.node]
     unmatched = [p for p in patterns if not any(re.search(p, n) for n in names)]
     if unmatched:
-        raise ValueError(f"quantise.keep_float: {unmatched} match no node of {model.name} "
+        raise ValueError(f"quantise.keep_float: {unmatched} match no node of {source} "
                          f"(node names look like {names[:2]})")
     return [n for n in names if any(re.search(p, n) for p in patterns)]
