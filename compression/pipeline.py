@@ -59,6 +59,10 @@ class Stages:
                  f", {entry['latency']['total_ms']:.3f} ms per s of audio" if onnx_path else "")
         return entry
 
+    def agreement(self, a: str, b: str) -> float:
+        """Share of clips on which stages ``a`` and ``b`` give the same top-1 class."""
+        return float((self.results[a]["_logits"].argmax(1) == self.results[b]["_logits"].argmax(1)).mean())
+
 
 def int8_weight_bytes(path: Path) -> int:
     model = onnx.load(str(path))
@@ -212,8 +216,7 @@ def compress(teacher: torch.nn.Module, teacher_frontend: dict, labels: list[str]
                             recipe.quantise.calibrate_method, percentile, keep_float=keep_float)
             scorer = _onnx_scorer(path, contract)
             entry = stages.score(f"int8_{flavour}", scorer, path, params, macs)
-            entry["top1_agreement_with_fp32"] = float(
-                (entry["_logits"].argmax(1) == stages.results["pruned"]["_logits"].argmax(1)).mean())
+            entry["top1_agreement_with_fp32"] = stages.agreement(f"int8_{flavour}", "pruned")
             chosen[flavour] = path
         # INT8 only where it pays, per target: on the CPU when measured faster; for TensorRT when
         # it keeps the accuracy (else TensorRT builds an FP16 engine from the FP32 model)
@@ -231,8 +234,7 @@ def compress(teacher: torch.nn.Module, teacher_frontend: dict, labels: list[str]
             path, history_qat = qat_stage(student, recipe, s_example, calib, distiller, work, contract)
             history += history_qat
             entry = stages.score("int8_tensorrt_qat", _onnx_scorer(path, contract), path, params, macs)
-            entry["top1_agreement_with_fp32"] = float(
-                (entry["_logits"].argmax(1) == stages.results["pruned"]["_logits"].argmax(1)).mean())
+            entry["top1_agreement_with_fp32"] = stages.agreement("int8_tensorrt_qat", "pruned")
             chosen["tensorrt"], chosen["tensorrt_stage"] = path, "int8_tensorrt_qat"
             trt_reasons = gate.check(recipe, stages.results["teacher"], entry)
             if trt_reasons:
@@ -268,9 +270,9 @@ def compress(teacher: torch.nn.Module, teacher_frontend: dict, labels: list[str]
 def prune_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib: np.ndarray,
                 distiller: Distiller, params: int) -> tuple[list[dict], list[dict]]:
     """Prune in ``prune.steps`` steps (to the plan, or to ``prune.target_params``), KD fine-tuning after each."""
-    cfg, log_steps, history = recipe.prune, [], []
     from .students.slim import SlimTeacher
 
+    cfg, log_steps, history = recipe.prune, [], []
     if cfg.method == "reconstruct" and not isinstance(student, SlimTeacher):
         raise ValueError(f"prune.method reconstruct re-fits a whole slimmed teacher; this student is a "
                          f"{type(student).__name__}: use prune.method magnitude")

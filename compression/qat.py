@@ -12,13 +12,14 @@ scales; onnxruntime runs that graph on the CPU to score it.
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .quantise import kept_in_float
 
 QMIN, QMAX = -128, 127
 
@@ -114,17 +115,15 @@ def prepare(model: nn.Module, calibration: np.ndarray, percentile: float = 99.99
         raise ValueError("qat: no calibration features (data.calibration_clips found no readable clips)")
     ranges = input_ranges(model, calibration, percentile)
     names = {n: onnx_node_name(model, n) for n in ranges}
-    unmatched = [p for p in keep_float if not any(re.search(p, v) for v in names.values())]
-    if unmatched:
-        raise ValueError(f"quantise.keep_float: {unmatched} match no layer of the QAT model")
+    floats = set(kept_in_float(list(names.values()), keep_float, "no layer of the QAT model"))
     wrapped = 0
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            full = next((n for n, m in model.named_modules() if m is child), None)
-            if isinstance(child, (nn.Conv2d, nn.Linear)) and full in ranges and \
-                    not any(re.search(p, names[full]) for p in keep_float):
-                setattr(parent, child_name, QuantLayer(child, ranges[full]))
-                wrapped += 1
+    for full, amax in ranges.items():
+        if names[full] in floats:
+            continue
+        parent_name, _, child_name = full.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child_name, QuantLayer(getattr(parent, child_name), amax))
+        wrapped += 1
     return wrapped
 
 

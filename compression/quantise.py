@@ -73,10 +73,14 @@ def quantise(fp32: Path, out: Path, calibration: np.ndarray, flavour: Flavour,
 
 
 def float_nodes(model: Path, patterns: Sequence[str], source: str) -> list[str]:
-    """Names of the nodes of ``model`` (prepared from ``source``) that any of ``patterns`` matches (re.search)."""
-    names = [n.name for n in onnx.load(str(model)).graph.node]
+    """Names of the nodes of ``model`` (prepared from ``source``) that any of ``patterns`` matches."""
+    return kept_in_float([n.name for n in onnx.load(str(model)).graph.node], patterns, f"no node of {source}")
+
+
+def kept_in_float(names: Sequence[str], patterns: Sequence[str], where: str) -> list[str]:
+    """The ``names`` any of ``patterns`` matches (re.search); a pattern matching none of them is an
+    error, so a renamed layer cannot silently turn ``keep_float`` off (also used by QAT)."""
     unmatched = [p for p in patterns if not any(re.search(p, n) for n in names)]
     if unmatched:
-        raise ValueError(f"quantise.keep_float: {unmatched} match no node of {source} "
-                         f"(node names look like {names[:2]})")
+        raise ValueError(f"quantise.keep_float: {unmatched} match {where} (names look like {list(names)[:2]})")
     return [n for n in names if any(re.search(p, n) for p in patterns)]

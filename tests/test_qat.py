@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -106,7 +108,7 @@ def test_layer_names_are_the_onnx_export_s_so_keep_float_selects_the_same_layers
     calib = np.random.default_rng(0).normal(size=(2, *example.shape[1:])).astype(np.float32)
     early = r"^/model/body/features/features\.[0-4]/"
     wrapped = qat.prepare(student, calib, 99.99, keep_float=[early])
-    assert wrapped == 64 - sum(1 for n in nodes if __import__("re").search(early, n))
+    assert wrapped == 64 - sum(1 for n in nodes if re.search(early, n))
     assert not isinstance(student.body.features[0][0], qat.QuantLayer)
     assert isinstance(student.body.features[5].block[0][0], qat.QuantLayer)
     with pytest.raises(ValueError, match="match no layer"):
