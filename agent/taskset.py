@@ -64,7 +64,9 @@ def build_task(name: str, cfg: AgentConfig, model_path: Path, cache_dir: Path) -
     """Load, construct, smoke-test: a task ready to run, or an exception naming what failed."""
     task_cls, tcfg = TASKS[name], getattr(cfg.tasks, name)
     model = load_model(name, task_cls.frontend_kind, model_path, tcfg.backend, cache_dir)
-    kwargs = {"timezone": cfg.device.timezone} if name == "congestion" else {}
+    # cache_dir is {state_dir}/engines; the detectors' learnt usual speeds live beside it
+    kwargs = ({"timezone": cfg.device.timezone, "profile_file": cache_dir.parent / "detector_profiles.json"}
+              if name == "congestion" else {})
     task = task_cls(tcfg, model, cfg.audio.sample_rate, **kwargs)
     smoke_test(model)
     return task

@@ -91,7 +91,9 @@ def _detector_frontend(frontend: dict) -> Callable[[tuple], np.ndarray]:
     from agent.features.detector import DetectorParams, window_features
 
     p = DetectorParams.from_dict(frontend)
-    return lambda w: window_features(w[0], w[1], w[2], p)
+    # a device's usual speeds are one table per day (cached); per window only the lookup costs
+    usual = np.full((2, p.steps_per_day), 60.0) if p.uses_profile else None
+    return lambda w: window_features(w[0], w[1], w[2], p, usual)
 
 
 def _windows(table, detectors: list[str], rows: range, history: int, n: int) -> list[tuple]:

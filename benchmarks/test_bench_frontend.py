@@ -87,15 +87,24 @@ def test_detector_window_step(benchmark, data_dir):
     speeds, tod, weekday = inputs.congestion(data_dir).items[0]
     window = DetectorWindow(p)
     steps = p.steps_per_day * 7
-    start = weekday * p.steps_per_day + tod
+    # n counts steps from a Monday midnight 8 weeks back: the week step and the day number follow from it
+    n0 = 8 * steps + weekday * p.steps_per_day + tod - len(speeds) + 1
+    if p.uses_profile:  # a device that has run for days: its profile knows yesterday's speeds
+        for k in range(p.steps_per_day):
+            n = n0 - p.steps_per_day + k
+            window.profile.add(60.0, n // p.steps_per_day, n % p.steps_per_day, (n % steps) // p.steps_per_day)
+
+    def push(v: float, n: int):
+        t = n % steps
+        return window.push(v, int(t % p.steps_per_day), int(t // p.steps_per_day), n // p.steps_per_day)
+
     for i, v in enumerate(speeds[:-1]):
-        t = (start - len(speeds) + 1 + i) % steps
-        window.push(float(v), int(t % p.steps_per_day), int(t // p.steps_per_day))
-    state = {"t": start - 1}  # the last prefilled step
+        push(float(v), n0 + i)
+    state = {"n": n0 + len(speeds) - 2}  # the last prefilled step
 
     def step():  # one new reading into a full window: the features of the hour ending now
-        t = state["t"] = (state["t"] + 1) % steps
-        return window.push(float(speeds[-1]), int(t % p.steps_per_day), int(t // p.steps_per_day))
+        state["n"] += 1
+        return push(float(speeds[-1]), state["n"])
 
     _mark(benchmark, "congestion detector window step", 1, "window")
     out = benchmark(step)

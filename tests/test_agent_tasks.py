@@ -216,3 +216,49 @@ def test_level_summary_per_period_and_day_night_limits(tmp_path):
         assert isinstance(report, LevelReport) and report.period == period and report.summary.seconds == 2.0
         assert abs(report.summary.laeq - 80.0) < 0.2
         assert [d.cls for d in detections] == alerts
+
+
+def _profiled_congestion(tmp_path: Path, profile_file: Path) -> CongestionTask:
+    """A linear model that forecasts congestion only when the detector's usual speed ahead is a jam."""
+    p = DetectorParams(profile_ahead_steps=3)
+    w = np.zeros((p.n_features, 3))
+    ahead = p.history_steps + 3 + p.profile_span - 1  # the usual speed at the last step ahead
+    w[ahead, 2] = -40.0  # usual 20 mph (0.29 scaled) -> congested; usual 62 mph (0.89) -> free
+    w[-1, 2] = 30.0  # and only when the usual speeds are known
+    contract = {"task": "congestion", "labels": ["free", "slowed", "congested"], "frontend": p.to_dict()}
+    path = linear_model(tmp_path / "cong_profile", [p.n_features], w, np.array([0.0, 0.0, -4.0]), contract)
+    cfg = CongestionTaskConfig(model=path, rule=RuleConfig(cooldown_s=0,
+                                                           classes={"congested": ClassRule(threshold=0.6)}))
+    return CongestionTask(cfg, load_model("congestion", "detector", path, ONNX, tmp_path), timezone="UTC",
+                          profile_file=profile_file)
+
+
+def _day_with_evening_jam(task, day: int) -> list:
+    out = []
+    for step in range(288):
+        speed = 20.0 if 216 <= step < 228 else 62.0  # 18:00-19:00
+        out += task.handle(DetectorReading("loop7", T0 + (day * 288 + step) * 300_000, speed, 300, None))
+    return out
+
+
+def test_usual_speeds_are_learnt_and_kept_across_a_restart(tmp_path):
+    state = tmp_path / "state" / "detector_profiles.json"
+    task = _profiled_congestion(tmp_path, state)
+    assert _day_with_evening_jam(task, 0) == []  # day one: nothing usual known yet, no forecast from it
+    alerts = _day_with_evening_jam(task, 1)
+    # day two: the usual jam is forecast from the profile, before the readings show it
+    assert alerts and alerts[0].ts_ms < T0 + (288 + 216) * 300_000
+    assert state.is_file() and "loop7" in json.loads(state.read_text())["sensors"]
+
+    restarted = _profiled_congestion(tmp_path, state)  # a new process: the profile comes from the file
+    alerts = _day_with_evening_jam(restarted, 2)
+    assert alerts and alerts[0].ts_ms < T0 + (2 * 288 + 216) * 300_000
+
+
+def test_an_unreadable_profile_file_means_learning_again_not_a_crash(tmp_path, caplog):
+    state = tmp_path / "detector_profiles.json"
+    state.write_text("{not json")
+    task = _profiled_congestion(tmp_path, state)
+    assert "learning them again" in caplog.text
+    assert _day_with_evening_jam(task, 0) == []
+    assert json.loads(state.read_text())["sensors"]["loop7"]["days"]  # rewritten, valid

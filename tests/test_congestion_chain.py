@@ -56,6 +56,9 @@ def test_every_stage_and_both_baselines_are_scored_on_the_same_held_out_windows(
         assert m["warnings"]["detector_days"] == pytest.approx(n / 288)
     for name, m in report["stages"].items():
         assert m["params"] > 0 and m["latency"]["model_ms"] > 0, name
+        # a device in its first days has no usual speeds yet: every stage is scored that way too
+        assert 0 <= m["without_profile"]["macro_f1"] <= 1 and m["without_profile"]["speed"]["rmse_mph"] > 0
+    assert 0 < report["evaluation"]["profile_known_fraction"] <= 1
     assert report["stages"]["student"]["params"] <= 20_000
     assert report["shipped"]["cpu"] in ("student", "student_int8") and report["shipped"]["int8_decision"]
     assert set(report["issue_targets"]) == {"macro_f1", "rmse_vs_persistence", "rmse_mph"}
@@ -75,6 +78,16 @@ def test_held_out_detectors_and_days_never_train(smoke, data_dir):
     assert manifest["evaluation"]["train_detectors"] == list(ds.split.train)
 
 
+def test_the_tuning_split_never_loads_the_held_out_detectors(data_dir):
+    recipe = load_recipe(RECIPE, **TINY)
+    params = DetectorParams.from_dict(recipe.frontend)
+    real = load_data(recipe, params, data_dir).split
+    tuning = load_data(load_recipe(RECIPE, **TINY, **{"data.tuning_split": True}), params, data_dir)
+    assert set(tuning.split.train) | set(tuning.split.val) == set(real.train)
+    used = {tuning.table.ids[c] for c in np.unique(np.concatenate([tuning.train.det, tuning.eval.windows.det]))}
+    assert used <= set(real.train) and not used & set(real.val)
+
+
 def test_a_teacher_trained_on_another_split_is_refused(smoke, data_dir, tmp_path):
     teacher = smoke[1] / "teacher.pt"
     rc = main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(tmp_path / "o"),
@@ -87,7 +100,8 @@ def test_shipped_folder_is_a_valid_contract(smoke):
     assert verify_files(out / "manifest.json") == []
     contract = load_contract(out / "model.onnx")
     assert contract.task == "congestion" and contract.labels == ("free", "slowed", "congested")
-    assert contract.frontend == DetectorParams().to_dict() and contract.window_seconds == 3600.0
+    assert contract.frontend == load_recipe(RECIPE).frontend and contract.window_seconds == 3600.0
+    assert DetectorParams.from_dict(contract.frontend).uses_profile
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"model.onnx", "report.json", "confusion.png", "metrics_vs_baselines.png",
             "forecast_example.png"} <= set(manifest["files"])

@@ -21,7 +21,7 @@ from agent.payloads import DetectorReading
 from agent.rules import Rule, softmax
 from agent.tasks import load_model
 from agent.tasks.congestion import CongestionTask
-from compression.datasets.traffic import load_speeds
+from compression.datasets.traffic import load_speeds, usual_speed_tables
 from compression.manifest import verify_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,8 @@ def test_shipped_artefact_verifies_and_states_its_contract(shipped):
     assert verify_files(SHIPPED.parent / "manifest.json") == []
     contract = load_contract(SHIPPED)
     assert contract.task == "congestion" and contract.labels == ("free", "slowed", "congested")
-    assert DetectorParams.from_dict(contract.frontend) == DetectorParams()
+    params = DetectorParams.from_dict(contract.frontend)
+    assert params.uses_profile and contract.frontend == manifest["frontend"]
     assert manifest["outputs"] == ["logits", "speed"] and manifest["params"] <= 20_000
     assert report["gate"]["passed"] is True and manifest["gate_passed"] is True
     ev = manifest["evaluation"]
@@ -66,8 +67,10 @@ def test_agent_raises_the_alerts_the_offline_windows_give_on_real_readings(shipp
     manifest, _ = shipped
     table = load_speeds(data_dir / "traffic" / "los_speed.csv")
     p = DetectorParams.from_dict(manifest["frontend"])
-    start = manifest["evaluation"]["eval_start_row"] - p.history_steps  # an hour before the evaluation days
-    det = _busiest_held_out_detector(table, manifest["evaluation"]["val_detectors"], start)
+    # the device runs from the first row: it learns the detector's usual speeds day by day as it goes
+    start = 0
+    det = _busiest_held_out_detector(table, manifest["evaluation"]["val_detectors"],
+                                     manifest["evaluation"]["eval_start_row"])
     speeds = table.column(det)
 
     task = CongestionTask(CongestionTaskConfig(model=SHIPPED, rule=RULE),
@@ -77,8 +80,11 @@ def test_agent_raises_the_alerts_the_offline_windows_give_on_real_readings(shipp
     for row in range(start, len(speeds)):
         got += task.handle(DetectorReading(det, T0 + row * STEP_MS, float(speeds[row]), 300, None))
 
-    # offline: the training side's windows, the model's logits output, the same rule
-    X, _, _, t = make_windows(speeds[start:], table.time_of_day[start:], table.weekday[start:], p)
+    # offline: the training side's windows (usual speeds known each day as evaluation builds them),
+    # the model's logits output, the same rule
+    usual = usual_speed_tables(table, p)[..., table.ids.index(det)]
+    X, _, _, t = make_windows(speeds, table.time_of_day, table.weekday, p, usual,
+                              np.arange(len(speeds)) // p.steps_per_day)
     import onnxruntime as ort
 
     logits = ort.InferenceSession(str(SHIPPED)).run(["logits"], {"features": X})[0]
@@ -90,6 +96,9 @@ def test_agent_raises_the_alerts_the_offline_windows_give_on_real_readings(shipp
     last_end = T0 + (start + t[-1] + 1) * STEP_MS  # the agent goes on for 3 more steps (no target offline)
     got = [(d.cls, d.ts_ms, d.window_ms, d.confidence) for d in got if d.ts_ms <= last_end]
     assert got == want and len(got) >= 1
+    # the usual speeds: unknown on the first day (and the first weekend day), known on every evaluation day
+    assert not X[t < p.steps_per_day, -1].any()
+    assert X[t >= manifest["evaluation"]["eval_start_row"], -1].all()
     # and the warnings are about real congestion: some alert is followed by it within 15 minutes
     alert_rows = [(ts - T0) // STEP_MS - 1 for _, ts, _, _ in got]
     assert any((speeds[r + 1:r + 1 + p.horizon_steps] < p.congested_mph).any() for r in alert_rows)

@@ -5,21 +5,34 @@ Detectors send either one reading per step (``period_s`` = the contract's ``step
 given). A step's time of day and weekday are local to the device's time zone, as the
 training data's were. A missing or late step restarts that detector's history
 (``DetectorWindow`` does, exactly like the training windows skip gaps).
+
+A model whose contract carries a profile also gets each detector's usual speeds, which the
+device learns from that detector's own readings day by day (``DetectorProfile``). They are
+kept in ``profile_file`` (JSON, written atomically every hour of readings and at each new
+day) so a restart or a model update does not send the device back to its first day; a
+file that cannot be read is logged and learning starts again, nothing else is affected.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
+import os
 import zoneinfo
+from pathlib import Path
 
 from ..backends.contract import ContractError
 from ..config import CongestionTaskConfig
-from ..features.detector import DetectorParams, DetectorParamsError, DetectorWindow
+from ..features.detector import DetectorParams, DetectorParamsError, DetectorProfile, DetectorWindow
 from ..payloads import DetectorReading, PayloadError
 from ..rules import Rule, softmax
 from . import Detection, LoadedModel, check_frontend, dry_run
 
 import numpy as np
+
+log = logging.getLogger("roadside.congestion")
+SAVE_EVERY_STEPS = 12  # an hour of 5-minute steps: at most that much learning is lost to a power cut
 
 
 class _StepAggregator:
@@ -51,7 +64,8 @@ class CongestionTask:
     consumes = "detector"
     frontend_kind = "detector"
 
-    def __init__(self, cfg: CongestionTaskConfig, model: LoadedModel, input_rate: int = 0, timezone: str = "UTC"):
+    def __init__(self, cfg: CongestionTaskConfig, model: LoadedModel, input_rate: int = 0, timezone: str = "UTC",
+                 profile_file: Path | None = None):
         contract = model.contract
         try:
             self.params = DetectorParams.from_dict(contract.frontend)
@@ -63,12 +77,42 @@ class CongestionTask:
         Rule(cfg.rule, contract.labels, "tasks.congestion.rule")
         dry_run(model, np.zeros(self.params.n_features, np.float32))
         self._sensors: dict[str, tuple[DetectorWindow, _StepAggregator, Rule]] = {}
+        self.profile_file = profile_file if self.params.uses_profile else None
+        self._profiles = self._load_profiles()
+        self._unsaved_steps = 0
+
+    def _load_profiles(self) -> dict[str, DetectorProfile]:
+        if self.profile_file is None or not self.profile_file.exists():
+            return {}
+        try:
+            raw = json.loads(self.profile_file.read_text())
+            return {sensor: DetectorProfile.from_dict(self.params, d) for sensor, d in raw["sensors"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("detector profiles %s not usable (%s: %s); learning them again", self.profile_file,
+                        type(e).__name__, e)
+            return {}
+
+    def save_profiles(self) -> None:
+        """Write every detector's profile (atomically: a crash leaves the old file or the new one)."""
+        if self.profile_file is None:
+            return
+        sensors = {s: prof.to_dict() for s, prof in self._profiles.items()}  # loaded, not reporting yet
+        sensors.update({s: w.profile.to_dict() for s, (w, _, _) in self._sensors.items() if w.profile})
+        data = {"frontend": self.params.to_dict(), "sensors": sensors}
+        tmp = self.profile_file.with_name(self.profile_file.name + ".tmp")
+        try:
+            self.profile_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data, separators=(",", ":")))
+            os.replace(tmp, self.profile_file)
+        except OSError as e:  # a full or read-only disk must not stop the forecasts
+            log.warning("cannot save detector profiles to %s: %s", self.profile_file, e)
+        self._unsaved_steps = 0
 
     def handle(self, r: DetectorReading) -> list[Detection]:
         p = self.params
         if r.sensor not in self._sensors:
-            self._sensors[r.sensor] = (DetectorWindow(p), _StepAggregator(p.step_s * 1000),
-                                       Rule(self.cfg.rule, self.model.contract.labels))
+            self._sensors[r.sensor] = (DetectorWindow(p, self._profiles.pop(r.sensor, None)),
+                                       _StepAggregator(p.step_s * 1000), Rule(self.cfg.rule, self.model.contract.labels))
         window, agg, rule = self._sensors[r.sensor]
         if r.period_s == p.step_s:
             steps = [(r.ts_ms, r.speed_mph)]
@@ -78,7 +122,13 @@ class CongestionTask:
         for start_ms, speed in steps:
             local = dt.datetime.fromtimestamp(start_ms / 1000, self.tz)
             tod = (local.hour * 3600 + local.minute * 60 + local.second) // p.step_s
-            x = window.push(speed, tod, local.weekday())
+            day = local.date().toordinal()
+            new_day = window.profile is not None and bool(window.profile.days) and day > window.profile.days[-1]
+            x = window.push(speed, tod, local.weekday(), day)
+            if window.profile is not None:
+                self._unsaved_steps += 1
+                if new_day or self._unsaved_steps >= SAVE_EVERY_STEPS:
+                    self.save_profiles()
             if x is None:
                 continue
             probs = softmax(self.model.backend.run(x[None])[0])

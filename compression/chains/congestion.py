@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent.features.detector import DetectorParams
+from agent.features.detector import DetectorParams, forget_profile, profile_columns
 
 from .. import gate
 from ..datasets import traffic
@@ -58,6 +58,10 @@ def load_data(recipe: CongestionRecipe, params: DetectorParams, data) -> Data:
     table = traffic.load_speeds(speed_file)
     ids = table.ids[:recipe.data.max_detectors] if recipe.data.max_detectors else table.ids
     split = traffic.split_detectors(ids, recipe.data.val_fraction, recipe.seed)
+    if recipe.data.tuning_split:
+        split = traffic.split_detectors(split.train, recipe.data.val_fraction, recipe.seed)
+        log.info("tuning split: the %d held-out detectors are not loaded; %d of the training detectors are held out",
+                 len(ids) - len(split.train) - len(split.val), len(split.val))
     es = build_eval_set(table, split.val, params, recipe.data.eval_days)
     w = training_windows(table, split.train, params, es.eval_start)
     if len(w) == 0:
@@ -79,7 +83,8 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
     work.mkdir(parents=True, exist_ok=True)
     ds = load_data(recipe, params, data)
     tensors = train.Tensors(ds.train, train.future_speeds(ds.table, ds.train, recipe.teacher.forecast_steps,
-                                                          ds.eval_start))
+                                                          ds.eval_start),
+                            profile_columns(params), recipe.data.profile_dropout, recipe.seed)
     es = ds.eval
     baselines = {name: es.score(*pred) for name, pred in es.baselines.items()}
     example = torch.from_numpy(es.windows.X[:1])
@@ -154,10 +159,14 @@ def teacher_stage(recipe: CongestionRecipe, params: DetectorParams, ds: Data, d:
 
 
 def student_stage(recipe: CongestionRecipe, params: DetectorParams, teacher, d: train.Tensors):
-    soft_logits, soft_speed = predict_all(train.torch_predict(teacher), d.x.numpy())
+    def soft(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, speed = predict_all(train.torch_predict(teacher), x)
+        return torch.from_numpy(logits), torch.from_numpy(speed)
+
+    without = soft(forget_profile(d.x.numpy(), params)) if d.profile_dropout > 0 else None
     torch.manual_seed(recipe.seed)
     student = DetectorMLP(params, recipe.student.hidden)
-    loss = train.distil_loss(recipe.distil, torch.from_numpy(soft_logits), torch.from_numpy(soft_speed))
+    loss = train.distil_loss(recipe.distil, soft(d.x.numpy()), without)
     history = train.fit(student, loss, d, recipe.distil, recipe.loss.speed_weight, recipe.seed, "distil")
     return student, history, _tune(student, recipe, d.x.numpy(), d.y_state.numpy())
 
@@ -201,6 +210,8 @@ def _score(es: EvalSet, predict, params_count: int, onnx_path: Path, params: Det
                  latency=per_window_latency({"m": onnx_path}, params, history_now)["m"])
     if offsets is not None:
         entry["logit_offsets"] = [float(v) for v in offsets]
+    if params.uses_profile:
+        entry["without_profile"] = es.score_without_profile(predict)
     entry["_logits"], entry["_speed"] = logits, speed  # for agreement and plots; not in the JSON
     log.info("%s: macro-F1 %.4f, congested recall %.3f precision %.3f, RMSE %.3f mph, %d params", onnx_path.stem,
              entry["macro_f1"], entry["congested"]["recall"], entry["congested"]["precision"],

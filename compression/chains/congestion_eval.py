@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from agent.features.detector import STATES, DetectorParams, speed_state
+from agent.features.detector import STATES, DetectorParams, forget_profile, speed_state
 
 from ..datasets import traffic
 from .congestion_metrics import forecast_metrics, state_grid
@@ -42,14 +42,18 @@ class Windows:
         return Windows(self.X[keep], self.y_state[keep], self.y_speed[keep], self.det[keep], self.t[keep])
 
 
-def windows(table: traffic.SpeedTable, detector_ids: Sequence[str], params: DetectorParams) -> Windows:
-    return Windows(*traffic.detector_windows(table, detector_ids, params))
+def windows(table: traffic.SpeedTable, detector_ids: Sequence[str], params: DetectorParams,
+            usual: np.ndarray | None = None) -> Windows:
+    return Windows(*traffic.detector_windows(table, detector_ids, params, usual))
 
 
 def training_windows(table: traffic.SpeedTable, detector_ids: Sequence[str], params: DetectorParams,
                      eval_start: int) -> Windows:
-    """Windows whose target lies before the evaluation days (training time)."""
-    w = windows(table, detector_ids, params)
+    """Windows whose target lies before the evaluation days (training time). With a profile,
+    each window's usual speeds come from the other whole training days of its detector."""
+    usual = (traffic.usual_speed_tables(table, params, training_days=eval_start // traffic.STEPS_PER_DAY)
+             if params.uses_profile else None)
+    w = windows(table, detector_ids, params, usual)
     return w.subset(w.t + params.horizon_steps < eval_start)
 
 
@@ -73,11 +77,22 @@ class EvalSet:
             out["speed"] = None
         return out
 
+    def score_without_profile(self, predict: Predict) -> dict:
+        """The same windows with the usual speeds unknown: a device in its first days."""
+        logits, speed = predict_all(predict, forget_profile(self.windows.X, self.params))
+        out = self.score(logits.argmax(1), speed)
+        return {"macro_f1": out["macro_f1"], "congested": out["congested"], "speed": out["speed"]}
+
+    def profile_known(self) -> float:
+        """Share of the windows whose usual speeds were known."""
+        return float(self.windows.X[:, -1].mean()) if self.params.uses_profile else 0.0
+
     def describe(self) -> dict:
         return {"eval_days": (self.table.speeds.shape[0] - self.eval_start) // self.params.steps_per_day,
                 "eval_start_row": self.eval_start, "rows": int(self.table.speeds.shape[0]),
                 "detectors": len(self.detectors), "windows": len(self.windows),
-                "skipped_detectors": list(self.skipped_detectors)}
+                "skipped_detectors": list(self.skipped_detectors),
+                **({"profile_known_fraction": self.profile_known()} if self.params.uses_profile else {})}
 
 
 def build_eval_set(table: traffic.SpeedTable, detector_ids: Sequence[str], params: DetectorParams,
@@ -87,7 +102,8 @@ def build_eval_set(table: traffic.SpeedTable, detector_ids: Sequence[str], param
     cols = [table.ids.index(d) for d in detector_ids]
     skipped = tuple(d for d, c in zip(detector_ids, cols) if np.isnan(ha[:, :, c]).any())
     kept = [d for d in detector_ids if d not in skipped]
-    w = windows(table, kept, params)
+    # a device learns its detector's usual speeds from every day before today, evaluation days included
+    w = windows(table, kept, params, traffic.usual_speed_tables(table, params) if params.uses_profile else None)
     w = w.subset(w.t >= start)
     if len(w) == 0:
         raise ValueError(f"{table.path}: no gap-free window of {params.history_steps} + {params.horizon_steps} "
@@ -111,9 +127,12 @@ def predict_all(predict: Predict, X: np.ndarray, batch: int = 4096) -> tuple[np.
 
 
 def score_with_baselines(predict: Predict, es: EvalSet) -> dict:
-    """The model's metrics, with the baselines' on the same windows under ``baselines``."""
+    """The model's metrics, with the baselines' on the same windows under ``baselines``; for a
+    model with a profile, also as a device in its first days would score (``without_profile``)."""
     logits, speed = predict_all(predict, es.windows.X)
     result = es.score(logits.argmax(1), speed)
+    if es.params.uses_profile:
+        result["without_profile"] = es.score_without_profile(predict)
     result["baselines"] = {name: es.score(*es.baselines[name]) for name in BASELINES}
     result["evaluation"] = es.describe()
     result["logits"], result["speed_forecast"] = logits, speed  # for agreement between stages; not in JSON

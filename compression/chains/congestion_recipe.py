@@ -22,10 +22,16 @@ class DataSection(StrictModel):
                                                              "every reported number is on them")
     eval_days: int = Field(2, ge=1, description="the last N days are evaluation time: nothing from them trains, "
                                                 "and the historical average is computed from the days before")
+    tuning_split: bool = Field(False, description="leave the held-out detectors out entirely and hold out the same "
+                                                  "share of the training detectors instead: for choosing recipe "
+                                                  "settings without looking at the detectors that judge the model")
     max_detectors: int | None = Field(None, ge=2, description="use only the first N detectors of the file "
                                                                "(smoke runs)")
     calibration_windows: int = Field(512, ge=1, description="training windows (seeded draw) that calibrate INT8")
     parity_windows: int = Field(512, ge=1, description="held-out windows on which ONNX must match PyTorch")
+    profile_dropout: float = Field(0.25, ge=0, lt=1, description="with a profile in the front-end: share of "
+                                                                 "training windows shown without it, as a device "
+                                                                 "in its first days sees them")
 
 
 class TrainSection(StrictModel):

@@ -23,14 +23,33 @@ SPEED_UNIT_MPH = 5.0
 
 
 class Tensors:
-    """The training windows as tensors, with the multi-step targets of pretraining."""
+    """The training windows as tensors, with the multi-step targets of pretraining.
 
-    def __init__(self, w: Windows, future: np.ndarray):
+    ``profile``: the columns of the usual speeds (``profile_columns``); each batch shows a
+    seeded ``profile_dropout`` share of its windows with them zeroed, as a device sees its
+    detector before it has a day of history, so the model learns both cases.
+    """
+
+    def __init__(self, w: Windows, future: np.ndarray, profile: slice | None = None, profile_dropout: float = 0.0,
+                 seed: int = 0):
         self.x = torch.from_numpy(w.X)
         self.y_state = torch.from_numpy(w.y_state)
         self.y_speed = torch.from_numpy(w.y_speed)
         self.future = torch.from_numpy(future)  # (N, K) mph, NaN where unknown or in evaluation time
         self.n = len(w)
+        self.profile = profile if profile is not None and profile.start < profile.stop else None
+        self.profile_dropout = profile_dropout if self.profile is not None else 0.0
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's vectors and which of them had their profile dropped."""
+        x = self.x[idx]
+        dropped = torch.zeros(len(idx), dtype=torch.bool)
+        if self.profile_dropout > 0:
+            dropped = torch.rand(len(idx), generator=self._gen) < self.profile_dropout
+            x = x.clone()
+            x[dropped, self.profile] = 0.0
+        return x, dropped
 
 
 def future_speeds(table, w: Windows, steps: int, eval_start: int) -> np.ndarray:
@@ -50,26 +69,36 @@ def speed_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def pretrain_loss(model, d: Tensors, idx: torch.Tensor, speed_weight: float) -> torch.Tensor:
-    _, _, forecast = model(d.x[idx])
+    _, _, forecast = model(d.inputs(idx)[0])
     return speed_loss(forecast, d.future[idx])
 
 
 def finetune_loss(model, d: Tensors, idx: torch.Tensor, speed_weight: float) -> torch.Tensor:
-    logits, speed, forecast = model(d.x[idx])
+    logits, speed, forecast = model(d.inputs(idx)[0])
     return (F.cross_entropy(logits, d.y_state[idx])
             + speed_weight * (speed_loss(speed, d.y_speed[idx]) + speed_loss(forecast, d.future[idx])))
 
 
-def distil_loss(cfg: DistilSection, soft_logits: torch.Tensor, soft_speed: torch.Tensor):
-    """alpha on the teacher's states (KL at temperature T, times T^2) and speed; 1 - alpha on the truth."""
+def distil_loss(cfg: DistilSection, soft: tuple[torch.Tensor, torch.Tensor],
+                soft_without_profile: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """alpha on the teacher's states (KL at temperature T, times T^2) and speed; 1 - alpha on the truth.
+
+    ``soft``: the teacher's (logits, speed) on every training window, cached; for a window
+    shown without its profile, the teacher's outputs without it (``soft_without_profile``).
+    """
     T, a = cfg.temperature, cfg.alpha
 
     def loss(model, d: Tensors, idx: torch.Tensor, speed_weight: float) -> torch.Tensor:
-        logits, speed = model(d.x[idx])
-        kd = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(soft_logits[idx] / T, 1), log_target=True,
+        x, dropped = d.inputs(idx)
+        logits, speed = model(x)
+        soft_logits, soft_speed = soft[0][idx], soft[1][idx]
+        if soft_without_profile is not None and dropped.any():
+            soft_logits = torch.where(dropped[:, None], soft_without_profile[0][idx], soft_logits)
+            soft_speed = torch.where(dropped, soft_without_profile[1][idx], soft_speed)
+        kd = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(soft_logits / T, 1), log_target=True,
                       reduction="batchmean") * T * T
         states = a * kd + (1 - a) * F.cross_entropy(logits, d.y_state[idx])
-        speeds = a * speed_loss(speed, soft_speed[idx]) + (1 - a) * speed_loss(speed, d.y_speed[idx])
+        speeds = a * speed_loss(speed, soft_speed) + (1 - a) * speed_loss(speed, d.y_speed[idx])
         return states + speed_weight * speeds
 
     return loss

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from agent.features.detector import WEEKEND, DetectorParams, make_windows
+from agent.features.detector import WEEKEND, DetectorParams, make_windows, usual_speeds
 from compression.datasets.datadir import resolve_data_dir
 
 SUBDIR = "traffic"
@@ -176,14 +176,21 @@ def split_detectors(ids: Sequence[str], val_fraction: float = 0.2, seed: int = 0
 
 
 def detector_windows(table: SpeedTable, detector_ids: Sequence[str],
-                     params: DetectorParams = DetectorParams()):
-    """make_windows over several detectors, stacked: (X, y_state, y_speed, detector index, t_index)."""
+                     params: DetectorParams = DetectorParams(), usual: np.ndarray | None = None):
+    """make_windows over several detectors, stacked: (X, y_state, y_speed, detector index, t_index).
+
+    ``usual``: (days, 2, steps per day, D) usual speeds known on each day (``usual_speed_tables``),
+    for parameters with a profile; None leaves the profile unknown.
+    """
     if params.step_s != STEP_S:
         raise ValueError(f"the speed table has {STEP_S} s steps, params say step_s={params.step_s}")
+    day = np.arange(table.speeds.shape[0]) // STEPS_PER_DAY
     parts = []
     for det in detector_ids:
-        X, ys, yv, t = make_windows(table.column(det), table.time_of_day, table.weekday, params)
-        parts.append((X, ys, yv, np.full(len(t), table.ids.index(det), np.int64), t))
+        col = table.ids.index(det)
+        X, ys, yv, t = make_windows(table.column(det), table.time_of_day, table.weekday, params,
+                                    None if usual is None else usual[..., col], None if usual is None else day)
+        parts.append((X, ys, yv, np.full(len(t), col, np.int64), t))
     if not parts:
         return make_windows(np.zeros(0), np.zeros(0), np.zeros(0), params)[:3] + (np.zeros(0, np.int64),) * 2
     return tuple(np.concatenate(a) for a in zip(*parts))
@@ -232,6 +239,32 @@ def historical_average(table: SpeedTable, before_row: int) -> np.ndarray:
         overall = np.where(ok, speeds, 0.0).sum(0) / ok.sum(0)
     all_days = np.where(np.isnan(mean[2]), overall[None, :], mean[2])
     return np.stack([np.where(np.isnan(mean[k]), all_days, mean[k]) for k in (0, 1)]).astype(np.float32)
+
+
+def usual_speed_tables(table: SpeedTable, params: DetectorParams, training_days: int | None = None) -> np.ndarray:
+    """The detectors' usual speeds known on each day: (days, 2, steps per day, D).
+
+    ``training_days`` None: what a device that has run since row 0 knows, the days before
+    each day (``DetectorProfile``'s rule, for evaluation). A number N: for training, every
+    other day among the first N (training time), so every training window has a profile
+    drawn from days other than its own, and nothing from evaluation time enters.
+    """
+    speeds = table.speeds.astype(np.float64)
+    n_days = -(-speeds.shape[0] // STEPS_PER_DAY)
+    blocks = np.full((n_days * STEPS_PER_DAY, speeds.shape[1]), np.nan)
+    blocks[:speeds.shape[0]] = speeds
+    blocks[~(blocks > 0)] = np.nan
+    blocks = blocks.reshape(n_days, STEPS_PER_DAY, -1)
+    weekend = is_weekend((np.arange(n_days) + FIRST_WEEKDAY) % 7)
+    out = np.full((n_days, 2, STEPS_PER_DAY, speeds.shape[1]), np.nan)
+    for d in range(n_days):
+        if training_days is None:
+            use = np.arange(d)
+        else:
+            use = np.array([e for e in range(min(training_days, n_days)) if e != d], np.int64)
+        if use.size:
+            out[d] = usual_speeds(blocks[use], weekend[use], params.profile_max_days)
+    return out
 
 
 def is_weekend(weekday) -> np.ndarray:

@@ -1,9 +1,10 @@
 """The congestion teacher: a GRU over one detector's last hour, pretrained to forecast speeds.
 
-Input: the detector front-end's vector (B, history_steps + 3), the same the student gets.
+Input: the detector front-end's vector (B, n_features), the same the student gets.
 The history runs through the GRU one reading at a time (the speed and its change from
-the reading before); the calendar features (sin, cos of the time of day, weekend) join
-after it. Three heads, speeds predicted as changes from the last reading:
+the reading before, and with a profile the usual speed at that time and the profile's
+known flag); the calendar features (sin, cos of the time of day, weekend) and the usual
+speeds ahead join after it. Three heads, speeds predicted as changes from the last reading:
 - ``forecast``: the speed 1 .. forecast_steps readings ahead (pretraining, all training
   detectors; kept as an auxiliary task while fine-tuning);
 - the states' logits and the speed at the horizon (fine-tuning), the student's outputs.
@@ -29,17 +30,25 @@ class SpeedGRU(nn.Module):
     def __init__(self, params: DetectorParams, hidden: int = 64, layers: int = 1, forecast_steps: int = 6):
         super().__init__()
         self.steps, self.scale = params.history_steps, params.speed_scale
-        self.inp = nn.Linear(2, hidden)
+        self.profile = params.uses_profile
+        self.inp = nn.Linear(4 if self.profile else 2, hidden)
         self.gru = nn.GRU(hidden, hidden, layers, batch_first=True)
-        self.body = nn.Sequential(nn.Linear(hidden + 3, hidden), nn.ReLU())
+        after = 3 + (params.profile_ahead_steps + 1 if self.profile else 0)
+        self.body = nn.Sequential(nn.Linear(hidden + after, hidden), nn.ReLU())
         self.forecast = nn.Linear(hidden, forecast_steps)
         self.head = nn.Linear(hidden, 4)  # 3 state logits, 1 speed change at the horizon
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        v = x[:, :self.steps, None]  # (B, H, 1) scaled speeds
+        H = self.steps
+        v = x[:, :H, None]  # (B, H, 1) scaled speeds
         change = torch.cat([torch.zeros_like(v[:, :1]), v[:, 1:] - v[:, :-1]], 1)
-        _, h = self.gru(torch.relu(self.inp(torch.cat([v, change], 2))))
-        z = self.body(torch.cat([h[-1], x[:, self.steps:]], 1))
+        per_step, after = [v, change], [x[:, H:H + 3]]
+        if self.profile:  # x[:, H + 3:] = usual speeds (history's times, then ahead), known flag
+            usual, known = x[:, H + 3:-1], x[:, -1:]
+            per_step += [usual[:, :H, None], known[:, None, :].expand(-1, H, 1)]
+            after += [usual[:, H:], known]
+        _, h = self.gru(torch.relu(self.inp(torch.cat(per_step, 2))))
+        z = self.body(torch.cat([h[-1]] + after, 1))
         last = x[:, self.steps - 1] * self.scale
         out = self.head(z)
         return out[:, :3], last + SPEED_CHANGE_MPH * out[:, 3], last[:, None] + SPEED_CHANGE_MPH * self.forecast(z)
