@@ -154,3 +154,12 @@ def test_offline_windows_equal_the_per_window_function(tmp_path):
         np.testing.assert_array_equal(
             X[row], window_features(s[ti - H + 1:ti + 1], int(table.time_of_day[ti]), int(table.weekday[ti]), P,
                                     tables[day[ti], ..., 0]))
+
+
+def test_a_late_reading_of_a_day_older_than_those_kept_is_not_kept():
+    prof = DetectorProfile(P)  # at most 3 past days of a type
+    for day in range(10, 16):  # weekdays only
+        prof.add(50.0, day, 0, day % 5)
+    assert prof.days == [12, 13, 14, 15]
+    prof.add(40.0, 9, 5, 4)  # a late reading from before them all
+    assert prof.days == [12, 13, 14, 15]

@@ -261,7 +261,7 @@ class DetectorProfile:
         if row is None:
             row = self._days[day] = np.full(self.params.steps_per_day, np.nan)
             self._weekend[day] = weekday in WEEKEND
-            self._forget_old(day)
+            self._forget_old(max(self._days))  # a late reading of an old day must not count as the newest
         row[time_of_day_step] = float(speed)
         if self._cache is not None and day < self._cache[0]:
             self._cache = None  # a late reading of a past day changes what is usual
