@@ -262,3 +262,13 @@ def test_an_unreadable_profile_file_means_learning_again_not_a_crash(tmp_path, c
     assert "learning them again" in caplog.text
     assert _day_with_evening_jam(task, 0) == []
     assert json.loads(state.read_text())["sensors"]["loop7"]["days"]  # rewritten, valid
+
+
+def test_profiles_are_written_hourly_however_many_detectors_report(tmp_path, monkeypatch):
+    task = _profiled_congestion(tmp_path, tmp_path / "detector_profiles.json")
+    saves = []
+    monkeypatch.setattr(task, "save_profiles", lambda: saves.append(1))
+    for step in range(288):  # one day, ten detectors
+        for k in range(10):
+            task.handle(DetectorReading(f"loop{k}", T0 + step * 300_000, 60.0, 300, None))
+    assert len(saves) == 24  # the first reading, then once an hour: not once per detector or per reading

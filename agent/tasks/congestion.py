@@ -8,7 +8,7 @@ training data's were. A missing or late step restarts that detector's history
 
 A model whose contract carries a profile also gets each detector's usual speeds, which the
 device learns from that detector's own readings day by day (``DetectorProfile``). They are
-kept in ``profile_file`` (JSON, written atomically every hour of readings and at each new
+kept in ``profile_file`` (JSON, written atomically once an hour of the readings' clock and at each new
 day) so a restart or a model update does not send the device back to its first day; a
 file that cannot be read is logged and learning starts again, nothing else is affected.
 """
@@ -32,7 +32,8 @@ from . import Detection, LoadedModel, check_frontend, dry_run
 import numpy as np
 
 log = logging.getLogger("roadside.congestion")
-SAVE_EVERY_STEPS = 12  # an hour of 5-minute steps: at most that much learning is lost to a power cut
+SAVE_EVERY_MS = 3_600_000  # of the readings' time: at most an hour of learning lost to a power cut, and a
+# few hundred KB an hour of flash writes however many detectors there are
 
 
 class _StepAggregator:
@@ -79,7 +80,7 @@ class CongestionTask:
         self._sensors: dict[str, tuple[DetectorWindow, _StepAggregator, Rule]] = {}
         self.profile_file = profile_file if self.params.uses_profile else None
         self._profiles = self._load_profiles()
-        self._unsaved_steps = 0
+        self._saved_at_ms: int | None = None  # time of the reading at the last save
 
     def _load_profiles(self) -> dict[str, DetectorProfile]:
         if self.profile_file is None or not self.profile_file.exists():
@@ -106,7 +107,6 @@ class CongestionTask:
             os.replace(tmp, self.profile_file)
         except OSError as e:  # a full or read-only disk must not stop the forecasts
             log.warning("cannot save detector profiles to %s: %s", self.profile_file, e)
-        self._unsaved_steps = 0
 
     def handle(self, r: DetectorReading) -> list[Detection]:
         p = self.params
@@ -125,10 +125,10 @@ class CongestionTask:
             day = local.date().toordinal()
             new_day = window.profile is not None and bool(window.profile.days) and day > window.profile.days[-1]
             x = window.push(speed, tod, local.weekday(), day)
-            if window.profile is not None:
-                self._unsaved_steps += 1
-                if new_day or self._unsaved_steps >= SAVE_EVERY_STEPS:
-                    self.save_profiles()
+            if window.profile is not None and (new_day or self._saved_at_ms is None
+                                               or start_ms - self._saved_at_ms >= SAVE_EVERY_MS):
+                self.save_profiles()
+                self._saved_at_ms = start_ms
             if x is None:
                 continue
             probs = softmax(self.model.backend.run(x[None])[0])
