@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import soundfile as sf
 
 from agent.backends.contract import load_contract
@@ -272,3 +274,22 @@ def test_profiles_are_written_hourly_however_many_detectors_report(tmp_path, mon
         for k in range(10):
             task.handle(DetectorReading(f"loop{k}", T0 + step * 300_000, 60.0, 300, None))
     assert len(saves) == 24  # the first reading, then once an hour: not once per detector or per reading
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=5), kids, max_size=4),
+                     max_leaves=20)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.one_of(_json, st.fixed_dictionaries({"sensors": st.dictionaries(st.text(max_size=5), _json)}),
+                      st.fixed_dictionaries({"sensors": st.fixed_dictionaries(
+                          {"loop7": st.fixed_dictionaries({"days": st.dictionaries(st.text(max_size=4), _json)})})})))
+def test_any_profile_file_content_starts_the_task_and_it_forecasts(tmp_path, junk):
+    state = tmp_path / "detector_profiles.json"
+    state.write_text(json.dumps(junk))
+    task = _profiled_congestion(tmp_path, state)  # loads what it can use, or logs and starts afresh
+    out = []
+    for step in range(13):
+        out += task.handle(DetectorReading("loop7", T0 + step * 300_000, 60.0, 300, None))
+    assert json.loads(state.read_text())["sensors"]["loop7"]["days"]  # and what it saves is valid again

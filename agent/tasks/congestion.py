@@ -88,7 +88,7 @@ class CongestionTask:
         try:
             raw = json.loads(self.profile_file.read_text())
             return {sensor: DetectorProfile.from_dict(self.params, d) for sensor, d in raw["sensors"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except Exception as e:  # whatever is in the file, a profile is only worth relearning, never a crash
             log.warning("detector profiles %s not usable (%s: %s); learning them again", self.profile_file,
                         type(e).__name__, e)
             return {}
