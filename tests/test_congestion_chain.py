@@ -62,6 +62,8 @@ def test_every_stage_and_both_baselines_are_scored_on_the_same_held_out_windows(
     assert report["stages"]["student"]["params"] <= 20_000
     assert report["shipped"]["cpu"] in ("student", "student_int8") and report["shipped"]["int8_decision"]
     assert set(report["issue_targets"]) == {"macro_f1", "rmse_vs_persistence", "rmse_mph"}
+    boot = report["issue_targets"]["macro_f1"]["detector_bootstrap"]  # how sure the gain is, detector by detector
+    assert boot["detectors"] == report["evaluation"]["detectors"] and boot["ci95"][0] <= boot["gain"] <= boot["ci95"][1]
     assert report["onnx_parity"]["max_abs_logit_diff"] <= 1e-4
 
 

@@ -34,6 +34,7 @@ from ..students.congestion import DetectorMLP, n_params
 from ..teachers.congestion import SpeedGRU, load_checkpoint, save_checkpoint
 from . import congestion_train as train
 from .congestion_eval import EvalSet, Windows, build_eval_set, onnx_predict, predict_all, training_windows
+from .congestion_metrics import detector_bootstrap
 from .congestion_recipe import CongestionRecipe
 from .congestion_report import write_artefacts
 from .congestion_stages import gate_failures, per_window_latency, target_results
@@ -125,6 +126,10 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
 
     failures = gate_failures(recipe, stages["teacher"], stages[shipped], baselines["persistence"], parity)
     targets = target_results(recipe, stages[shipped], baselines["persistence"])
+    # how sure the macro-F1 gain is: the 32-odd held-out detectors are a small sample
+    targets["macro_f1"]["detector_bootstrap"] = detector_bootstrap(
+        es.windows.y_state, stages[shipped]["_logits"].argmax(1), es.baselines["persistence"][0], es.windows.det,
+        seed=recipe.seed, threshold=recipe.targets.f1_gain)
     report = write_artefacts(
         recipe=recipe, recipe_path=recipe_path, out=out, ds=ds, stages=stages, baselines=baselines,
         shipped=shipped, model_file=work / ("student_int8.onnx" if shipped == "student_int8" else "student_fp32.onnx"),
