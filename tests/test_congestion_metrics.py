@@ -7,8 +7,9 @@ import pytest
 
 from agent.features.detector import CONGESTED, FREE, SLOWED, DetectorParams
 from compression.chains.congestion_eval import build_eval_set
-from compression.chains.congestion_metrics import detector_bootstrap, forecast_metrics, state_grid, warning_metrics
-from compression.chains.congestion_train import macro_f1_of, tune_offsets
+from compression.chains.congestion_metrics import (detector_bootstrap, forecast_metrics, macro_f1_of, state_grid,
+                                                  warning_metrics)
+from compression.chains.congestion_train import tune_offsets
 from compression.datasets.traffic import (STEPS_PER_DAY, TrafficDataError, eval_start_row, historical_average,
                                           load_speeds)
 

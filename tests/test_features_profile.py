@@ -143,7 +143,7 @@ def test_a_device_with_a_profile_needs_the_day_number():
     assert DetectorWindow().profile is None  # no profile, no day needed
 
 
-def test_offline_windows_equal_the_per_window_function(tmp_path):
+def test_offline_windows_equal_the_per_window_function():
     table = _table(days=3, detectors=1)
     tables = usual_speed_tables(table, P)
     s = table.column("d0").astype(np.float64)

@@ -135,7 +135,8 @@ def window_features(history_speeds, time_of_day_step: int, weekday: int,
     parts = [h / params.speed_scale, tail]
     if params.uses_profile:
         tables = None if usual is None else np.asarray(usual, np.float64)[None]
-        parts.append(_profile_part(tables, np.array([time_of_day_step]), np.array([weekday]), params)[0])
+        parts.append(_profile_part(tables, np.zeros(1, np.int64), np.array([time_of_day_step]), np.array([weekday]),
+                                   params)[0])
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -169,11 +170,11 @@ def usual_speeds(days: np.ndarray, weekend: np.ndarray, max_days: int) -> np.nda
     return out
 
 
-def _profile_part(tables: np.ndarray | None, tod: np.ndarray, weekday: np.ndarray,
+def _profile_part(tables: np.ndarray | None, which: np.ndarray | None, tod: np.ndarray, weekday: np.ndarray,
                   params: DetectorParams) -> np.ndarray:
     """(M, profile_span + 1): the usual speeds at the history's times and the steps ahead of
     windows issued at (tod, weekday), scaled, then the known flag; zeros where any is unknown.
-    ``tables``: (M, 2, steps per day) usual speeds for each window, or None (none known)."""
+    ``tables``: (n, 2, steps per day) usual speeds, window m using ``tables[which[m]]``; None: none known."""
     m, spd = len(tod), params.steps_per_day
     out = np.zeros((m, params.profile_span + 1))
     if tables is None:
@@ -181,7 +182,7 @@ def _profile_part(tables: np.ndarray | None, tod: np.ndarray, weekday: np.ndarra
     offsets = np.arange(-(params.history_steps - 1), params.profile_ahead_steps + 1)
     step = (weekday[:, None] * spd + tod[:, None] + offsets[None, :]) % (7 * spd)
     kind = np.isin(step // spd, WEEKEND).astype(np.int64)
-    values = tables[np.arange(m)[:, None], kind, step % spd]
+    values = tables[which[:, None], kind, step % spd]
     known = np.isfinite(values).all(axis=1)
     out[known, :-1] = values[known] / params.speed_scale
     out[known, -1] = 1.0
@@ -232,8 +233,9 @@ def make_windows(series, tod, weekday, params: DetectorParams = DetectorParams()
     if params.uses_profile:
         if (usual is None) != (day is None):
             raise ValueError("give both usual and day, or neither")
-        tables = None if usual is None else np.asarray(usual, np.float64)[np.asarray(day)[t_index]]
-        parts.append(_profile_part(tables, tod[t_index], weekday[t_index], params))
+        tables = None if usual is None else np.asarray(usual, np.float64)
+        which = None if day is None else np.asarray(day)[t_index]
+        parts.append(_profile_part(tables, which, tod[t_index], weekday[t_index], params))
     X = np.concatenate(parts, axis=1).astype(np.float32)
     y_speed = s[t_index + K]
     return X, speed_state(y_speed, params).reshape(-1), y_speed.astype(np.float32), t_index.astype(np.int64)

@@ -108,8 +108,8 @@ def warning_metrics(pred_state: np.ndarray, y_state: np.ndarray, det: np.ndarray
     }
 
 
-def _macro_f1(cm: np.ndarray) -> np.ndarray:
-    """Macro-F1 of (..., k, k) confusion matrices (rows truth), over the classes that occur."""
+def macro_f1_of(cm: np.ndarray) -> np.ndarray:
+    """Macro-F1 of (..., k, k) confusion matrices (rows truth), over the classes that occur in each."""
     tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)
     denom = cm.sum(-2) + cm.sum(-1)
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
@@ -127,9 +127,9 @@ def detector_bootstrap(y_state: np.ndarray, pred: np.ndarray, ref: np.ndarray, d
         np.add.at(cms[k], (inverse, y_state, p), 1)
     picks = np.random.default_rng(seed).integers(0, len(dets), (resamples, len(dets)))
     counts = np.stack([np.bincount(row, minlength=len(dets)) for row in picks])  # (resamples, D)
-    gains = _macro_f1(np.einsum("rd,kdij->krij", counts, cms))
+    gains = macro_f1_of(np.einsum("rd,kdij->krij", counts, cms))
     gains = gains[0] - gains[1]
-    point = _macro_f1(cms.sum(1))
+    point = macro_f1_of(cms.sum(1))
     out = {"gain": float(point[0] - point[1]), "detectors": len(dets), "resamples": resamples, "seed": seed,
            "ci95": [float(v) for v in np.percentile(gains, [2.5, 97.5])]}
     if threshold is not None:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..schedule import warmup_cosine
 from .congestion_eval import Windows
+from .congestion_metrics import macro_f1_of
 from .congestion_recipe import DistilSection, TrainSection
 
 SPEED_UNIT_MPH = 5.0
@@ -142,13 +143,6 @@ def torch_predict(model: nn.Module, batch: int = 8192):
     return run
 
 
-def macro_f1_of(cm: np.ndarray) -> float:
-    tp = np.diag(cm).astype(float)
-    denom = cm.sum(0) + cm.sum(1)
-    f1 = np.divide(2 * tp, denom, out=np.zeros(len(tp)), where=denom > 0)
-    return float(f1[denom > 0].mean())
-
-
 def tune_offsets(logits: np.ndarray, y: np.ndarray, span: float = 2.0, step: float = 0.1) -> tuple[np.ndarray, float]:
     """Offsets added to the slowed and congested logits (free stays 0) that maximise macro-F1
     on (training) windows; a grid search. Returns (offsets (3,), macro-F1 with them)."""
@@ -157,7 +151,7 @@ def tune_offsets(logits: np.ndarray, y: np.ndarray, span: float = 2.0, step: flo
     for a in grid:
         for b in grid:
             off = np.array([0.0, a, b], np.float32)
-            f1 = macro_f1_of(np.bincount(y * 3 + (logits + off).argmax(1), minlength=9).reshape(3, 3))
+            f1 = float(macro_f1_of(np.bincount(y * 3 + (logits + off).argmax(1), minlength=9).reshape(3, 3)))
             # ties go to the smallest shift: no change unless it helps
             if f1 > best_f1 + 1e-9 or (abs(f1 - best_f1) <= 1e-9 and np.abs(off).sum() < np.abs(best).sum()):
                 best, best_f1 = off, f1
