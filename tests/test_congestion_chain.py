@@ -64,6 +64,11 @@ def test_every_stage_and_both_baselines_are_scored_on_the_same_held_out_windows(
     assert set(report["issue_targets"]) == {"macro_f1", "rmse_vs_persistence", "rmse_mph"}
     boot = report["issue_targets"]["macro_f1"]["detector_bootstrap"]  # how sure the gain is, detector by detector
     assert boot["detectors"] == report["evaluation"]["detectors"] and boot["ci95"][0] <= boot["gain"] <= boot["ci95"][1]
+    rmse = report["issue_targets"]["rmse_mph"]["detector_bootstrap"]  # and the RMSE, and its ratio to persistence
+    assert rmse["rmse_mph"] == pytest.approx(report["stages"][report["shipped"]["cpu"]]["speed"]["rmse_mph"], rel=1e-5)
+    assert rmse["rmse_ci95"][0] <= rmse["rmse_mph"] <= rmse["rmse_ci95"][1] and 0 <= rmse["share_within_rmse"] <= 1
+    ratio = report["issue_targets"]["rmse_vs_persistence"]["detector_bootstrap"]
+    assert ratio["ratio_ci95"][0] <= ratio["ratio"] <= ratio["ratio_ci95"][1] and 0 <= ratio["share_within_ratio"] <= 1
     assert report["onnx_parity"]["max_abs_logit_diff"] <= 1e-4
 
 
@@ -88,6 +93,17 @@ def test_the_tuning_split_never_loads_the_held_out_detectors(data_dir):
     assert set(tuning.split.train) | set(tuning.split.val) == set(real.train)
     used = {tuning.table.ids[c] for c in np.unique(np.concatenate([tuning.train.det, tuning.eval.windows.det]))}
     assert used <= set(real.train) and not used & set(real.val)
+
+
+def test_the_time_split_scores_every_detector_on_days_it_never_trained_on(data_dir):
+    # the published protocol, for comparison: every detector trains, on the days before the evaluation days
+    recipe = load_recipe(RECIPE, **TINY, **{"data.time_split_only": True})
+    ds = load_data(recipe, DetectorParams.from_dict(recipe.frontend), data_dir)
+    trained, scored = ({ds.table.ids[c] for c in np.unique(w.det)} for w in (ds.train, ds.eval.windows))
+    assert trained == scored == set(ds.table.ids[:12])
+    assert (ds.train.t + 3 < ds.eval_start).all() and (ds.eval.windows.t >= ds.eval_start).all()
+    with pytest.raises(ValueError, match="exclude each other"):
+        load_recipe(RECIPE, **{"data.time_split_only": True, "data.tuning_split": True})
 
 
 def test_a_teacher_trained_on_another_split_is_refused(smoke, data_dir, tmp_path):
@@ -133,6 +149,12 @@ def test_eval_cli_on_a_csv_reproduces_the_report_and_skips_training_detectors(sm
     for name, base in report["baselines"].items():
         assert result["baselines"][name]["macro_f1"] == pytest.approx(base["macro_f1"])
         assert result["baselines"][name]["speed"] == pytest.approx(base["speed"])
+    # with how much the gains depend on which detectors were held out, as in the report
+    boot = result["detector_bootstrap"]
+    assert boot["macro_f1_gain_over_persistence"]["gain"] == pytest.approx(
+        report["issue_targets"]["macro_f1"]["detector_bootstrap"]["gain"])
+    assert boot["speed_vs_persistence"]["rmse_ci95"] == pytest.approx(
+        report["issue_targets"]["rmse_mph"]["detector_bootstrap"]["rmse_ci95"], rel=1e-4)
 
 
 def test_gate_trips_and_still_writes_the_report(smoke, data_dir, tmp_path, capsys):

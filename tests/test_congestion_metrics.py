@@ -7,8 +7,8 @@ import pytest
 
 from agent.features.detector import CONGESTED, FREE, SLOWED, DetectorParams
 from compression.chains.congestion_eval import build_eval_set
-from compression.chains.congestion_metrics import (detector_bootstrap, forecast_metrics, macro_f1_of, state_grid,
-                                                  warning_metrics)
+from compression.chains.congestion_metrics import (detector_bootstrap, forecast_metrics, macro_f1_of, rmse_bootstrap,
+                                                  state_grid, warning_metrics)
 from compression.chains.congestion_train import tune_offsets
 from compression.datasets.traffic import (STEPS_PER_DAY, TrafficDataError, eval_start_row, historical_average,
                                           load_speeds)
@@ -144,3 +144,27 @@ def test_detector_bootstrap_resamples_whole_detectors():
     assert detector_bootstrap(y, better, ref, det, resamples=1, seed=7)["ci95"] == pytest.approx([by_hand] * 2)
     same = detector_bootstrap(y, ref, ref, det, resamples=50)
     assert same["gain"] == 0.0 and same["ci95"] == [0.0, 0.0]
+
+
+def test_rmse_bootstrap_resamples_whole_detectors_and_skips_unknown_targets():
+    rng = np.random.default_rng(5)
+    det = np.repeat(np.arange(8), 40)
+    y = rng.uniform(20, 70, det.size).astype(np.float32)
+    y[::17] = np.nan  # a missing reading at the target: not scored
+    ref = y + rng.normal(0, 6, det.size)
+    pred = y + np.where(det == 0, 20.0, rng.normal(0, 3, det.size))  # one detector with a breakdown it missed
+    out = rmse_bootstrap(pred, ref, y, det, resamples=500, seed=2, max_rmse=5.0, max_ratio=0.92)
+    known = np.isfinite(y)
+    by_hand = np.sqrt(np.mean((pred - y)[known] ** 2))
+    ref_rmse = np.sqrt(np.mean((ref - y)[known] ** 2))
+    assert out["rmse_mph"] == pytest.approx(by_hand) and out["ratio"] == pytest.approx(by_hand / ref_rmse)
+    lo, hi = out["rmse_ci95"]
+    assert lo < out["rmse_mph"] < hi and hi - lo > 2  # whether the bad detector is drawn, and how often, matters
+    assert 0 < out["share_within_rmse"] < 1 and out["detectors"] == 8
+    # one resample by hand: the detectors drawn, all their known windows together
+    picks = np.random.default_rng(9).integers(0, 8, (1, 8))[0]
+    keep = np.concatenate([np.flatnonzero((det == d) & known) for d in picks])
+    one = rmse_bootstrap(pred, ref, y, det, resamples=1, seed=9)
+    assert one["rmse_ci95"] == pytest.approx([np.sqrt(np.mean((pred[keep] - y[keep]) ** 2))] * 2)
+    same = rmse_bootstrap(ref, ref, y, det, resamples=50)
+    assert same["ratio"] == 1.0 and same["ratio_ci95"] == pytest.approx([1.0, 1.0])

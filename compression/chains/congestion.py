@@ -34,7 +34,7 @@ from ..students.congestion import DetectorMLP, n_params
 from ..teachers.congestion import SpeedGRU, load_checkpoint, save_checkpoint
 from . import congestion_train as train
 from .congestion_eval import EvalSet, Windows, build_eval_set, onnx_predict, predict_all, training_windows
-from .congestion_metrics import detector_bootstrap
+from .congestion_metrics import detector_bootstrap, rmse_bootstrap
 from .congestion_recipe import CongestionRecipe
 from .congestion_report import write_artefacts
 from .congestion_stages import gate_failures, per_window_latency, target_results
@@ -59,7 +59,10 @@ def load_data(recipe: CongestionRecipe, params: DetectorParams, data) -> Data:
     table = traffic.load_speeds(speed_file)
     ids = table.ids[:recipe.data.max_detectors] if recipe.data.max_detectors else table.ids
     split = traffic.split_detectors(ids, recipe.data.val_fraction, recipe.seed)
-    if recipe.data.tuning_split:
+    if recipe.data.time_split_only:
+        split = traffic.DetectorSplit(train=tuple(ids), val=tuple(ids), seed=recipe.seed, val_fraction=0.0)
+        log.warning("time split only: every detector is trained on and scored; these are not unseen-detector figures")
+    elif recipe.data.tuning_split:
         split = traffic.split_detectors(split.train, recipe.data.val_fraction, recipe.seed)
         log.info("tuning split: the %d held-out detectors are not loaded; %d of the training detectors are held out",
                  len(ids) - len(split.train) - len(split.val), len(split.val))
@@ -126,10 +129,18 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
 
     failures = gate_failures(recipe, stages["teacher"], stages[shipped], baselines["persistence"], parity)
     targets = target_results(recipe, stages[shipped], baselines["persistence"])
-    # how sure the macro-F1 gain is: the 32-odd held-out detectors are a small sample
+    # how sure the gains are: the 32-odd held-out detectors are a small sample
     targets["macro_f1"]["detector_bootstrap"] = detector_bootstrap(
         es.windows.y_state, stages[shipped]["_logits"].argmax(1), es.baselines["persistence"][0], es.windows.det,
         seed=recipe.seed, threshold=recipe.targets.f1_gain)
+    if stages[shipped]["_speed"] is not None:
+        boot = rmse_bootstrap(stages[shipped]["_speed"], es.baselines["persistence"][1], es.windows.y_speed,
+                              es.windows.det, seed=recipe.seed, max_rmse=recipe.targets.rmse_mph,
+                              max_ratio=recipe.targets.rmse_ratio)
+        common = {k: boot[k] for k in ("detectors", "resamples", "seed")}
+        targets["rmse_mph"]["detector_bootstrap"] = {**common, **{k: v for k, v in boot.items() if "rmse" in k}}
+        targets["rmse_vs_persistence"]["detector_bootstrap"] = {**common, **{k: v for k, v in boot.items()
+                                                                            if "ratio" in k}}
     report = write_artefacts(
         recipe=recipe, recipe_path=recipe_path, out=out, ds=ds, stages=stages, baselines=baselines,
         shipped=shipped, model_file=work / ("student_int8.onnx" if shipped == "student_int8" else "student_fp32.onnx"),

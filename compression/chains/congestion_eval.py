@@ -20,7 +20,7 @@ import numpy as np
 from agent.features.detector import STATES, DetectorParams, forget_profile, speed_state
 
 from ..datasets import traffic
-from .congestion_metrics import forecast_metrics, state_grid
+from .congestion_metrics import detector_bootstrap, forecast_metrics, rmse_bootstrap, state_grid
 
 # (B, n_features) float32 -> (logits (B, 3), speed in mph (B,) or None for a model without a speed head)
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
@@ -176,5 +176,12 @@ def evaluate_congestion(scorer, path: Path) -> dict:
 
     result = score_with_baselines(predict, es)
     result["evaluation"]["excluded_training_detectors"] = len(table.ids) - len(detectors)
-    result.pop("speed_forecast")
+    # how much the figures depend on which detectors these are: whole detectors resampled
+    p_state, p_speed = es.baselines["persistence"]
+    w = es.windows
+    result["detector_bootstrap"] = {
+        "macro_f1_gain_over_persistence": detector_bootstrap(w.y_state, result.pop("logits").argmax(1), p_state, w.det)}
+    speed = result.pop("speed_forecast")
+    if speed is not None:
+        result["detector_bootstrap"]["speed_vs_persistence"] = rmse_bootstrap(speed, p_speed, w.y_speed, w.det)
     return result

@@ -116,6 +116,12 @@ def macro_f1_of(cm: np.ndarray) -> np.ndarray:
     return f1.sum(-1) / np.maximum((denom > 0).sum(-1), 1)
 
 
+def _detector_draws(n_detectors: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, D): how many times each detector is drawn in each resample (with replacement)."""
+    picks = np.random.default_rng(seed).integers(0, n_detectors, (resamples, n_detectors))
+    return np.stack([np.bincount(row, minlength=n_detectors) for row in picks])
+
+
 def detector_bootstrap(y_state: np.ndarray, pred: np.ndarray, ref: np.ndarray, det: np.ndarray, n_classes: int = 3,
                        resamples: int = 2000, seed: int = 0, threshold: float | None = None) -> dict:
     """Macro-F1 gain of ``pred`` over ``ref`` on the same windows, with a 95 % interval from resampling
@@ -125,8 +131,7 @@ def detector_bootstrap(y_state: np.ndarray, pred: np.ndarray, ref: np.ndarray, d
     cms = np.zeros((2, len(dets), n_classes, n_classes), np.int64)
     for k, p in enumerate((pred, ref)):
         np.add.at(cms[k], (inverse, y_state, p), 1)
-    picks = np.random.default_rng(seed).integers(0, len(dets), (resamples, len(dets)))
-    counts = np.stack([np.bincount(row, minlength=len(dets)) for row in picks])  # (resamples, D)
+    counts = _detector_draws(len(dets), resamples, seed)
     gains = macro_f1_of(np.einsum("rd,kdij->krij", counts, cms))
     gains = gains[0] - gains[1]
     point = macro_f1_of(cms.sum(1))
@@ -134,4 +139,33 @@ def detector_bootstrap(y_state: np.ndarray, pred: np.ndarray, ref: np.ndarray, d
            "ci95": [float(v) for v in np.percentile(gains, [2.5, 97.5])]}
     if threshold is not None:
         out["share_reaching"] = float((gains >= threshold).mean())
+    return out
+
+
+def rmse_bootstrap(pred_speed: np.ndarray, ref_speed: np.ndarray, y_speed: np.ndarray, det: np.ndarray,
+                   resamples: int = 2000, seed: int = 0, max_rmse: float | None = None,
+                   max_ratio: float | None = None) -> dict:
+    """RMSE of ``pred_speed`` and its ratio to ``ref_speed``'s on the same windows, each with a 95 %
+    interval from resampling whole detectors (as ``detector_bootstrap``). A few detectors with
+    sudden breakdowns carry much of the squared error, so which detectors are held out moves the
+    RMSE more than the window count suggests. ``max_rmse`` / ``max_ratio``: also the share of
+    resamples within them. Windows without a known target speed are left out."""
+    known = np.isfinite(y_speed)
+    dets, inverse = np.unique(det[known], return_inverse=True)
+    sse = np.zeros((2, len(dets)))
+    for k, s in enumerate((pred_speed, ref_speed)):
+        np.add.at(sse[k], inverse, (s[known] - y_speed[known]).astype(np.float64) ** 2)
+    n = np.bincount(inverse, minlength=len(dets)).astype(np.float64)
+    counts = _detector_draws(len(dets), resamples, seed)
+    rmse = np.sqrt((counts @ sse.T) / (counts @ n)[:, None])  # (resamples, 2)
+    ratio = rmse[:, 0] / rmse[:, 1]
+    point = np.sqrt(sse.sum(1) / n.sum())
+    out = {"rmse_mph": float(point[0]), "ratio": float(point[0] / point[1]), "detectors": len(dets),
+           "resamples": resamples, "seed": seed,
+           "rmse_ci95": [float(v) for v in np.percentile(rmse[:, 0], [2.5, 97.5])],
+           "ratio_ci95": [float(v) for v in np.percentile(ratio, [2.5, 97.5])]}
+    if max_rmse is not None:
+        out["share_within_rmse"] = float((rmse[:, 0] <= max_rmse).mean())
+    if max_ratio is not None:
+        out["share_within_ratio"] = float((ratio <= max_ratio).mean())
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.features.detector import DetectorParams
 from agent.schema import StrictModel
@@ -25,6 +25,10 @@ class DataSection(StrictModel):
     tuning_split: bool = Field(False, description="leave the held-out detectors out entirely and hold out the same "
                                                   "share of the training detectors instead: for choosing recipe "
                                                   "settings without looking at the detectors that judge the model")
+    time_split_only: bool = Field(False, description="hold out no detector: every detector trains on the days "
+                                                     "before the evaluation days and is scored on those days (the "
+                                                     "published Los-loop protocol, for comparison only: the model has "
+                                                     "then seen every detector it is scored on)")
     max_detectors: int | None = Field(None, ge=2, description="use only the first N detectors of the file "
                                                                "(smoke runs)")
     calibration_windows: int = Field(512, ge=1, description="training windows (seeded draw) that calibrate INT8")
@@ -32,6 +36,12 @@ class DataSection(StrictModel):
     profile_dropout: float = Field(0.25, ge=0, lt=1, description="with a profile in the front-end: share of "
                                                                  "training windows shown without it, as a device "
                                                                  "in its first days sees them")
+
+    @model_validator(mode="after")
+    def _one_split(self) -> DataSection:
+        if self.tuning_split and self.time_split_only:
+            raise ValueError("tuning_split and time_split_only exclude each other: choose one split")
+        return self
 
 
 class TrainSection(StrictModel):
