@@ -33,8 +33,8 @@ from ..manifest import sha256_file
 from ..students.congestion import DetectorMLP, n_params
 from ..teachers.congestion import SpeedGRU, load_checkpoint, save_checkpoint
 from . import congestion_train as train
-from .congestion_eval import EvalSet, Windows, build_eval_set, onnx_predict, predict_all, training_windows
-from .congestion_metrics import detector_bootstrap, rmse_bootstrap
+from .congestion_eval import (EvalSet, Windows, bootstrap_vs_persistence, build_eval_set, onnx_predict, predict_all,
+                              training_windows)
 from .congestion_recipe import CongestionRecipe
 from .congestion_report import write_artefacts
 from .congestion_stages import gate_failures, per_window_latency, target_results
@@ -130,13 +130,11 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
     failures = gate_failures(recipe, stages["teacher"], stages[shipped], baselines["persistence"], parity)
     targets = target_results(recipe, stages[shipped], baselines["persistence"])
     # how sure the gains are: the 32-odd held-out detectors are a small sample
-    targets["macro_f1"]["detector_bootstrap"] = detector_bootstrap(
-        es.windows.y_state, stages[shipped]["_logits"].argmax(1), es.baselines["persistence"][0], es.windows.det,
-        seed=recipe.seed, threshold=recipe.targets.f1_gain)
-    if stages[shipped]["_speed"] is not None:
-        boot = rmse_bootstrap(stages[shipped]["_speed"], es.baselines["persistence"][1], es.windows.y_speed,
-                              es.windows.det, seed=recipe.seed, max_rmse=recipe.targets.rmse_mph,
-                              max_ratio=recipe.targets.rmse_ratio)
+    boots = bootstrap_vs_persistence(es, stages[shipped]["_logits"].argmax(1), stages[shipped]["_speed"],
+                                     recipe.seed, recipe.targets)
+    targets["macro_f1"]["detector_bootstrap"] = boots["macro_f1_gain_over_persistence"]
+    if "speed_vs_persistence" in boots:
+        boot = boots["speed_vs_persistence"]
         common = {k: boot[k] for k in ("detectors", "resamples", "seed")}
         targets["rmse_mph"]["detector_bootstrap"] = {**common, **{k: v for k, v in boot.items() if "rmse" in k}}
         targets["rmse_vs_persistence"]["detector_bootstrap"] = {**common, **{k: v for k, v in boot.items()

@@ -176,12 +176,22 @@ def evaluate_congestion(scorer, path: Path) -> dict:
 
     result = score_with_baselines(predict, es)
     result["evaluation"]["excluded_training_detectors"] = len(table.ids) - len(detectors)
-    # how much the figures depend on which detectors these are: whole detectors resampled
+    result["detector_bootstrap"] = bootstrap_vs_persistence(es, result.pop("logits").argmax(1),
+                                                            result.pop("speed_forecast"))
+    return result
+
+
+def bootstrap_vs_persistence(es: EvalSet, pred_state: np.ndarray, pred_speed: np.ndarray | None, seed: int = 0,
+                             targets=None) -> dict:
+    """How much the gains over persistence depend on which detectors these are (whole detectors
+    resampled): the macro-F1 gain and, with a speed forecast, the RMSE and its ratio. ``targets``
+    (a recipe's TargetsSection): also the share of resamples reaching each target."""
     p_state, p_speed = es.baselines["persistence"]
     w = es.windows
-    result["detector_bootstrap"] = {
-        "macro_f1_gain_over_persistence": detector_bootstrap(w.y_state, result.pop("logits").argmax(1), p_state, w.det)}
-    speed = result.pop("speed_forecast")
-    if speed is not None:
-        result["detector_bootstrap"]["speed_vs_persistence"] = rmse_bootstrap(speed, p_speed, w.y_speed, w.det)
-    return result
+    out = {"macro_f1_gain_over_persistence": detector_bootstrap(
+        w.y_state, pred_state, p_state, w.det, seed=seed, threshold=targets.f1_gain if targets else None)}
+    if pred_speed is not None:
+        out["speed_vs_persistence"] = rmse_bootstrap(
+            pred_speed, p_speed, w.y_speed, w.det, seed=seed, max_rmse=targets.rmse_mph if targets else None,
+            max_ratio=targets.rmse_ratio if targets else None)
+    return out
