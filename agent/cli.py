@@ -284,7 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     ev.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     ev.set_defaults(func=_cmd_eval)
+    _add_fleet(sub)
     return p
+
+
+def _add_fleet(sub: argparse._SubParsersAction) -> None:
+    """``roadside fleet ...`` where the city side is installed; a pole's install has no ``fleet`` package."""
+    try:
+        from fleet.cli import add_parser
+    except ImportError:
+        return
+    add_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

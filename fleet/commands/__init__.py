@@ -1,0 +1,1 @@
+"""One module per ``roadside fleet`` command, each with ``register(sub)`` (see ``fleet.cli``)."""
