@@ -64,7 +64,7 @@ def _parse_set(kv: str) -> tuple[str, object]:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from compression.evaluate import evaluate
 
-    result = evaluate(args.model, args.data, threads=args.threads)
+    result = evaluate(args.model, args.data, threads=args.threads, include_training=args.include_training)
     if args.json:
         print(json.dumps(result))
     else:
@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="data folder laid out like the shared ones")
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     ev.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    ev.add_argument("--include-training", action="store_true",
+                    help="also score the folds the model or its teacher trained on (left out by default; the "
+                         "JSON names them under excluded, or under training_folds_scored when included)")
     ev.set_defaults(func=_cmd_eval)
     _add_fleet(sub)
     return p

@@ -38,6 +38,8 @@ class Scorer:
     kind: str  # "torch" | "onnx"
     outputs: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None  # every named output (extra heads)
     manifest: dict = field(default_factory=dict)  # the artefact's manifest (task-specific evaluation settings)
+    # folds the model or its teacher trained on (None: its manifest predates the record, so unknown)
+    training_folds: list[str] | None = None
 
 
 def load_scorer(path: Path | str, threads: int = 1) -> Scorer:
@@ -52,7 +54,8 @@ def load_scorer(path: Path | str, threads: int = 1) -> Scorer:
         backend = OnnxBackend(path, threads=threads)
         return Scorer(contract.task, list(contract.labels), contract.frontend,
                       contract.window_seconds, backend, contract.sha256, "onnx",
-                      outputs=_named_outputs(backend.session), manifest=contract.extra)
+                      outputs=_named_outputs(backend.session), manifest=contract.extra,
+                      training_folds=contract.extra.get("training_folds"))
     if path.suffix == ".pt":
         import torch
 
@@ -62,8 +65,10 @@ def load_scorer(path: Path | str, threads: int = 1) -> Scorer:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         is_vehicles = isinstance(ckpt, dict) and ckpt.get("task") == "vehicles"
         model, cfg = (vehicles_teacher if is_vehicles else noise).load_checkpoint(path)
-        return torch_scorer(model, cfg["task"], list(cfg["labels"]), cfg["frontend"], cfg["window_seconds"],
-                            sha256_file(path))
+        scorer = torch_scorer(model, cfg["task"], list(cfg["labels"]), cfg["frontend"], cfg["window_seconds"],
+                              sha256_file(path))
+        scorer.training_folds = noise.training_folds(path) if not is_vehicles else None
+        return scorer
     raise ValueError(f"{path}: unknown model type {path.suffix!r} (expected .pt or .onnx)")
 
 
@@ -87,13 +92,37 @@ def torch_scorer(model, task: str, labels: list[str], frontend: dict, window_sec
     return Scorer(task, labels, frontend, window_seconds, run, sha256, "torch")
 
 
-def evaluate_noise(scorer: Scorer, data: Path, batch: int = 32, clips: list | None = None) -> dict:
+def held_out_clips(scorer: Scorer, data: Path, clips: list, include_training: bool) -> tuple[list, dict]:
+    """The clips to score and what was left out: never the folds the model (or its teacher) trained on,
+    unless asked. A clip's fold is its folder's name (the data folder's own name for clips directly in it,
+    so pointing ``--data`` at ``fold1`` itself does not slip past)."""
+    fold_of = {id(c): c.fold or Path(data).name for c in clips}
+    training = set(scorer.training_folds or [])
+    seen = sorted({fold_of[id(c)] for c in clips} & training)
+    info: dict = {"training_folds": scorer.training_folds if scorer.training_folds is not None else
+                  "unknown: the model's manifest does not record them (every clip is scored)"}
+    if include_training or not seen:
+        info["training_folds_scored"] = seen
+        return clips, info
+    kept = [c for c in clips if fold_of[id(c)] not in training]
+    info["excluded"] = {"folds": seen, "clips": len(clips) - len(kept),
+                        "why": "the model or its teacher trained on them (--include-training scores them too)"}
+    if not kept:
+        raise ValueError(f"every clip in {data} is in a fold the model trained on ({', '.join(seen)}): nothing "
+                         f"held out to score (--include-training scores them anyway, marked as training)")
+    return kept, info
+
+
+def evaluate_noise(scorer: Scorer, data: Path, batch: int = 32, clips: list | None = None,
+                   include_training: bool = False) -> dict:
     """Clips named like UrbanSound8K's, in fold folders of any name or directly in ``data``
-    (or exactly ``clips``), scored with the front-end the model's contract names."""
+    (or exactly ``clips``), scored with the front-end the model's contract names. Folds the model
+    trained on are left out and named in ``excluded`` unless ``include_training``."""
     params = LogMelParams.from_dict(scorer.frontend)
     clips = urbansound.list_clips(data) if clips is None else clips
     if not clips:
         raise ValueError(f"no clips named like UrbanSound8K's (fsID-classID-occurrence-slice.flac) in {data}")
+    clips, held_out = held_out_clips(scorer, data, clips, include_training)
     scores, kept, skipped = [], [], 0
     for i in range(0, len(clips), batch):
         waves, ok, n_bad = urbansound.load_clips(clips[i:i + batch], sample_rate=params.sample_rate,
@@ -113,6 +142,7 @@ def evaluate_noise(scorer: Scorer, data: Path, batch: int = 32, clips: list | No
     result["per_fold"] = {f or ".": float((pred[[c.fold == f for c in kept]] ==
                                            y[[c.fold == f for c in kept]]).mean()) for f in folds}
     result["skipped"] = skipped
+    result.update(held_out)
     result["logits"] = logits  # for agreement between stages; dropped from the CLI's JSON
     return result
 
@@ -127,9 +157,12 @@ def vehicle_items(data: Path, labels: list[str]) -> list[tuple[Path, int]]:
     return [(p, labels.index(folders[y])) for p, y in vehicles.list_images(data, labels=None)]
 
 
-def evaluate_vehicles(scorer: Scorer, data: Path, batch: int = 64, items: list | None = None) -> dict:
+def evaluate_vehicles(scorer: Scorer, data: Path, batch: int = 64, items: list | None = None,
+                      include_training: bool = False) -> dict:
     """Crops in class sub-folders of ``data`` (or exactly ``items``, (path, label index) pairs),
-    through the image front-end the model's contract names; unreadable files are skipped and counted."""
+    through the image front-end the model's contract names; unreadable files are skipped and counted.
+    A class folder carries no split, so which crops are held out is the caller's folder
+    (``include_training`` changes nothing here)."""
     from agent.features.image import ImageParams
 
     params = ImageParams.from_dict(scorer.frontend)
@@ -161,12 +194,12 @@ EVALUATORS["congestion"] = congestion_eval.evaluate_congestion
 DATA_ROOTS["congestion"] = traffic.find_speed_file
 
 
-def evaluate(model: Path | str, data: Path | str | None, threads: int = 1) -> dict:
+def evaluate(model: Path | str, data: Path | str | None, threads: int = 1, include_training: bool = False) -> dict:
     scorer = load_scorer(model, threads=threads)
     if scorer.task not in EVALUATORS:
         raise ValueError(f"{model}: no evaluator for task {scorer.task!r} (known: {sorted(EVALUATORS)})")
     root = DATA_ROOTS[scorer.task](data)
-    metrics = EVALUATORS[scorer.task](scorer, root)
+    metrics = EVALUATORS[scorer.task](scorer, root, include_training=include_training)
     metrics.pop("logits", None)
     head = {"task": scorer.task, "n": metrics.pop("n"), "accuracy": metrics.pop("accuracy"),
             "macro_f1": metrics.pop("macro_f1"), "per_class": metrics.pop("per_class")}

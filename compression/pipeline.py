@@ -29,6 +29,7 @@ from .manifest import sha256_file, write_manifest
 from .recipe import CompressionRecipe, load_recipe
 from .report import plot_accuracy_latency, plot_confusion, ship_models, write_json
 from .students import BUILDERS
+from .teachers import noise as noise_teacher
 from .teachers.noise import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,13 @@ def _splits(recipe: CompressionRecipe, data) -> tuple[Path, list, list]:
         train = [train[i] for i in sorted(rng.permutation(len(train))[:recipe.data.max_clips])]
         val = [val[i] for i in sorted(rng.permutation(len(val))[:recipe.data.max_clips])]
     return root, train, val
+
+
+def _training_folds(train: list, teacher_path: Path | None) -> list[str]:
+    """Folds whose clips the student or its teacher learnt from: ``roadside eval`` leaves them out.
+    (A teacher from elsewhere, e.g. Hugging Face, adds what its own folder records: nothing here.)"""
+    teacher = noise_teacher.training_folds(teacher_path) if teacher_path is not None else None
+    return sorted({c.fold for c in train} | set(teacher or []))
 
 
 # task -> "module:function(recipe, recipe_path, data, out, work) -> report" of its chain
@@ -407,7 +415,8 @@ def write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, cont
         recipe=recipe.model_dump(),
         data_lists={"train": urbansound.data_list_sha256(train, root), "val": urbansound.data_list_sha256(val, root),
                     "calibration": urbansound.data_list_sha256(calib_clips, root)},
-        extra={**contract, "targets": targets, "params": shipped["params"], "macs_per_second": shipped["macs_per_second"],
+        extra={**contract, "training_folds": _training_folds(train, teacher_path),
+               "targets": targets, "params": shipped["params"], "macs_per_second": shipped["macs_per_second"],
                "size_bytes": Path(model_path).stat().st_size,
                "metrics": {k: {m: v.get(m) for m in ("accuracy", "macro_f1", "latency", "params")}
                            for k, v in results.items()},

@@ -103,10 +103,50 @@ def test_shipped_folder_is_a_valid_contract(smoke):
     assert trt["precision"] in ("int8", "fp16") and manifest["targets"]["onnxruntime"]["file"] == "model.onnx"
 
 
-def test_eval_cli_scores_the_shipped_onnx(smoke, data_dir, capsys):
+def test_eval_cli_scores_only_the_folds_the_model_never_trained_on(smoke, data_dir, capsys):
+    """The manifest records the folds the student and its teacher learnt from; eval leaves them out
+    and says so, and scores them only when asked, named as training folds."""
+    from compression.datasets.urbansound import available_folds, find_root, list_clips
+
+    root = find_root(data_dir)
+    trained_on = json.loads((smoke / "manifest.json").read_text())["training_folds"]
+    # every fold but the validation fold trains the student; the committed teacher learnt from fold 1
+    assert trained_on == [f for f in available_folds(root) if f != "fold2"] and "fold1" in trained_on
+
     assert main(["eval", "--model", str(smoke / "model.onnx"), "--data", str(data_dir), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["model_kind"] == "onnx" and result["n"] == 1761
+    held_out = [c for c in list_clips(root) if c.fold not in trained_on]
+    assert result["model_kind"] == "onnx" and result["n"] == len(held_out) == len(list_clips(root, ["fold2"]))
+    assert set(result["per_fold"]) == {"fold2"}
+    assert result["excluded"]["folds"] == trained_on
+    assert result["excluded"]["clips"] == len(list_clips(root)) - len(held_out)
+
+    assert main(["eval", "--model", str(smoke / "model.onnx"), "--data", str(data_dir), "--json",
+                 "--include-training"]) == 0
+    everything = json.loads(capsys.readouterr().out)
+    assert everything["n"] == len(list_clips(root)) and "excluded" not in everything
+    assert everything["training_folds_scored"] == trained_on and set(everything["per_fold"]) == set(available_folds(root))
+
+
+def test_eval_refuses_a_folder_that_holds_only_training_clips(smoke, data_dir, capsys):
+    """Pointing --data at the training fold itself (clips directly in it) does not slip past."""
+    from compression.datasets.urbansound import find_root
+
+    fold1 = find_root(data_dir) / "fold1"
+    assert main(["eval", "--model", str(smoke / "model.onnx"), "--data", str(fold1), "--json"]) == 2
+    assert "every clip" in capsys.readouterr().err
+
+
+def test_the_shipped_noise_model_records_the_folds_it_trained_on(data_dir):
+    """The shipped student (and its teacher) learnt from fold 1 alone: its manifest's training list hash
+    is fold 1's, so roadside eval may score fold 3 as held out."""
+    from compression.datasets.urbansound import data_list_sha256, find_root, list_clips
+    from compression.teachers.noise import training_folds
+
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    root = find_root(data_dir)
+    assert manifest["training_folds"] == ["fold1"] == training_folds(REPO / manifest["recipe"]["teacher"]["checkpoint"])
+    assert data_list_sha256(list_clips(root, ["fold1"]), root) == manifest["data_lists"]["train"]
 
 
 def test_gate_trips_and_still_writes_the_report(data_dir, tmp_path, capsys):

@@ -152,12 +152,16 @@ def onnx_predict(session) -> Predict:
     return run
 
 
-def evaluate_congestion(scorer, path: Path) -> dict:
+def evaluate_congestion(scorer, path: Path, include_training: bool = False) -> dict:
     """``roadside eval`` for congestion: ``path`` is a speed CSV shaped like los_speed.csv.
 
     Detectors the model was trained on (its manifest's ``evaluation.train_detectors``) are
     left out and counted; the evaluation days come from the manifest too (default 2).
+    ``include_training`` is refused: training detectors' windows are not an evaluation.
     """
+    if include_training:
+        raise ValueError("congestion: --include-training is for noise folds; the training detectors' own days "
+                         "trained the model, so they are never scored")
     params = DetectorParams.from_dict(scorer.frontend)
     table = traffic.load_speeds(path)
     evaluation = (getattr(scorer, "manifest", None) or {}).get("evaluation", {})

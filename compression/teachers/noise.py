@@ -11,6 +11,8 @@ Writes to ``out``:
 
 from __future__ import annotations
 
+import json
+
 import logging
 import time
 from pathlib import Path
@@ -69,6 +71,15 @@ def load_checkpoint(path: Path | str) -> tuple[MN, dict]:
     model = MN(n_classes=len(ckpt["labels"]))
     model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.eval(), {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
+def training_folds(checkpoint: Path | str) -> list[str] | None:
+    """Folds the teacher at ``checkpoint`` trained on, from the ``splits.json`` written beside it
+    (None when it is not there: then nobody can say which clips it has seen)."""
+    splits = Path(checkpoint).parent / "splits.json"
+    if not splits.is_file():
+        return None
+    return sorted({Path(p).parts[0] for p in json.loads(splits.read_text())["train"] if len(Path(p).parts) > 1})
 
 
 def split_clips(root: Path, val_fold: str) -> tuple[list, list]:
