@@ -54,12 +54,14 @@ def test_audio_streams_one_core_sustains(benchmark, stream_messages, tmp_path):
     path, raw, _ = demo_config(tmp_path, 1, 2)  # brokers are never contacted: only the worker path runs
     agent = Agent(load_config(path), path)
     cpu: list[float] = []
+    wall: list[float] = []  # our own: benchmark.stats does not exist under --benchmark-disable (a smoke run)
 
     def run():
-        c0 = time.process_time()
+        c0, w0 = time.process_time(), time.perf_counter()
         for kind, sensor, payload in stream_messages:
             agent.process(Message(kind, sensor, payload, time.time() * 1000))
         cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
 
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     agent.outbox.close()
@@ -71,7 +73,7 @@ def test_audio_streams_one_core_sustains(benchmark, stream_messages, tmp_path):
                 f"(decode, noise task: {raw['tasks']['noise']['model'].rsplit('/', 2)[-2]} model, hop 1 s; "
                 f"sound level meter; outbox)",
         "cpu_s_per_round_median": round(cpu_s, 3),
-        "wall_s_per_round_median": round(benchmark.stats.stats.median, 3),
+        "wall_s_per_round_median": round(float(np.median(wall[1:] if len(wall) > 1 else wall)), 3),
         "real_time_factor_cpu": round(audio_s / cpu_s, 1),
         "audio_streams_one_core_sustains": int(audio_s / cpu_s),
         "noise_windows_all_rounds": windows.get("windows"),
