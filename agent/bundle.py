@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from . import __version__
 from .config import AgentConfig, load_config, preflight, resolve, resolve_files
 from .hashing import sha256_file
-from .schema import ConfigError, validate
+from .schema import ConfigError, parse_yaml, read_text, validate
 from .signing import (SignatureError, check_files, key_id, load_private_key, load_public_key, sign_manifest,
                       verify_manifest)
 
@@ -114,12 +114,7 @@ def flash(config: Path | str, device_id: str, out: Path | str, key: Path | str) 
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(str(path), [f"cannot read: {e.strerror or e}"]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), [f"not valid YAML: {e}"]) from None
+    raw, _ = parse_yaml(read_text(path), str(path))  # the guarded loader: no aliases, duplicates, deep nesting
     if not isinstance(raw, dict):
         raise ConfigError(str(path), ["(top level): a mapping of sections is expected"])
     return raw
@@ -263,7 +258,7 @@ def _verify_config(folder: Path, index: dict) -> Path:
         expected = folder / "models" / task / entry["file"]
         if tcfg is None or resolve(tcfg.model, path).resolve() != expected.resolve():
             raise BundleError(f"{path}: tasks.{task}.model does not name the bundle's {expected}")
-    for dotted, holder, field in secret_keys(yaml.safe_load(path.read_text())):
+    for dotted, holder, field in secret_keys(_read_yaml(path)):
         secret = folder / holder[field] if not Path(holder[field]).is_absolute() else Path(holder[field])
         try:
             with open(secret, "rb") as f:

@@ -143,9 +143,14 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _cmd_sign(args: argparse.Namespace) -> int:
     from .signing import SignatureError, load_public_key, sign_manifest, verify_manifest
-    from .updates import make_bundle
+    from .updates import make_bundle, model_file
 
+    if args.reload_id:
+        return _sign_reload(args)
     try:
+        if args.release is not None:  # the order devices apply releases in (no downgrade): part of what is signed
+            manifest = json.loads(Path(args.manifest).read_text())
+            Path(args.manifest).write_text(json.dumps({**manifest, "release": args.release}, indent=2) + "\n")
         sig = sign_manifest(args.manifest, args.key)
         if args.verify_with:  # the operator's check that the devices' key accepts it
             verify_manifest(args.manifest, [load_public_key(args.verify_with)], exclusive=False)
@@ -153,9 +158,25 @@ def _cmd_sign(args: argparse.Namespace) -> int:
         print(f"roadside: refused: {e}", file=sys.stderr)
         return 3
     print(f"wrote {sig}")
+    if args.rollback_from is not None:
+        from .signing import rollback_message, sign_bytes
+
+        manifest = json.loads(Path(args.manifest).read_text())
+        sha = manifest["files"][model_file(manifest)]["sha256"]
+        token = sign_bytes(rollback_message(manifest.get("task", ""), args.rollback_from, sha), args.key)
+        print(json.dumps({"rollback": token}))
     if args.bundle:
         data = make_bundle(Path(args.manifest).parent, args.bundle)
         print(f"wrote {args.bundle} ({len(data)} bytes)")
+    return 0
+
+
+def _sign_reload(args: argparse.Namespace) -> int:
+    """A config file signed for ``cmd/reload``: the whole command on stdout."""
+    from .signing import sign_bytes
+
+    text = Path(args.manifest).read_text(encoding="utf-8")
+    print(json.dumps({"id": args.reload_id, "config": text, "sig": sign_bytes(text.encode("utf-8"), args.key)}))
     return 0
 
 
@@ -251,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--key", required=True, help="Ed25519 private key (roadside keygen)")
     sg.add_argument("--verify-with", help="public key to check the signature with afterwards")
     sg.add_argument("--bundle", help="also write the bundle (tar) that cmd/model carries or points to")
+    sg.add_argument("--release", type=int, help="set the manifest's release (an integer devices only ever raise) "
+                                                "before signing")
+    sg.add_argument("--rollback-from", type=int, metavar="HIGHEST",
+                    help="also print the signed permission to roll back to this model from release HIGHEST")
+    sg.add_argument("--reload-id", metavar="ID", help="sign a config file instead: print the cmd/reload command "
+                                                      "carrying it (id ID)")
     sg.set_defaults(func=_cmd_sign)
 
     hc = sub.add_parser("health", help="exit 0 if the agent's health file is fresh and healthy, else 1 "

@@ -1,7 +1,8 @@
 """Commands from the city: ``{prefix}/{site}/{device}/cmd/{name}`` in, ``.../cmd/{name}/ack`` out.
 
 Every command is a JSON object with an ``id`` and is answered once on its ack topic with the
-outcome (a duplicate delivery, same id, gets the same answer again and is not run twice)::
+outcome (a duplicate delivery, same id and same bytes, gets the same answer again and is not
+run twice; the same id with other bytes is another command)::
 
     {"v":1,"id":"upd-42","cmd":"model","ok":true,"status":"applied","ts":...,"ch":"<config hash>",
      "model":{"task":"noise","sha256":"<64 hex>","version":"0.9.1"}}
@@ -11,11 +12,14 @@ outcome (a duplicate delivery, same id, gets the same answer again and is not ru
 status: ``applied``, ``unchanged`` (already running that), ``refused`` (nothing was loaded),
 ``rolled_back`` (the new model failed to load or its smoke inference; the old one never
 stopped). Commands run one at a time on their own thread, never on the MQTT thread.
-Who may send them is the broker's ACL (docs/mqtt.md); model bundles are also signed.
+Who may send them is the broker's ACL (docs/mqtt.md); model bundles and reload texts are
+also signed (agent.signing), so a compromised broker cannot change what runs. Reasons name
+files in the state folder as ``{state_dir}/...``, never by their absolute path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("roadside.commands")
 MAX_REASON = 400
+MAX_PAYLOAD = 128 << 20  # an inline bundle at the default updates.max_bundle_bytes is ~67 MB of base64
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
@@ -42,6 +47,8 @@ class ModelCommand(StrictModel):
     bundle: str | None = Field(None, description="the bundle (tar), base64")
     url: str | None = Field(None, description="http(s) address of the bundle")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="the bundle's sha256 (with url)")
+    rollback: str | None = Field(None, max_length=200, description="base64 Ed25519 signature allowing this older "
+                                 "release (agent.signing.rollback_message): without it an older release is refused")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -53,6 +60,8 @@ class ModelCommand(StrictModel):
 class ReloadCommand(StrictModel):
     id: str = Field(pattern=ID_PATTERN)
     config: str | None = Field(None, description="a whole new config (YAML text); absent: re-read the config file")
+    sig: str | None = Field(None, max_length=200, description="base64 Ed25519 signature of the config text's UTF-8 "
+                            "bytes by a key in updates.trusted_keys (required with config)")
 
 
 COMMANDS: dict[str, type[StrictModel]] = {"model": ModelCommand, "reload": ReloadCommand}
@@ -69,10 +78,12 @@ class Refused(Exception):
 def parse(name: str, payload: bytes) -> StrictModel:
     if name not in COMMANDS:
         raise Refused(f"unknown command {name!r} (known: {sorted(COMMANDS)})", "parse")
+    if len(payload) > MAX_PAYLOAD:
+        raise Refused(f"{len(payload)} bytes (at most {MAX_PAYLOAD})", "parse")
     try:
         data = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise Refused(f"not a JSON object ({e})", "parse") from None
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, a 5000-digit number
+        raise Refused(f"not a JSON object ({type(e).__name__}: {str(e)[:100]})", "parse") from None
     try:
         return COMMANDS[name].model_validate(data)
     except ValidationError as e:
@@ -85,7 +96,8 @@ class Commands:
     def __init__(self, agent: "Agent", publish: Callable[[str, bytes], None] | None = None, max_queued: int = 8):
         self.agent, self.publish = agent, publish
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=max_queued)
-        self._answers: OrderedDict[tuple, dict] = OrderedDict()  # recent (command, id) -> its answer
+        # recent (command, id, sha256 of the payload) -> its answer: a bogus command cannot pin a later real one's id
+        self._answers: OrderedDict[tuple, dict] = OrderedDict()
         self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
         self._stop = threading.Event()
 
@@ -93,8 +105,8 @@ class Commands:
         try:
             self._queue.put_nowait((name, payload))
         except queue.Full:
-            self._answer(name, _peek_id(payload), {"ok": False, "status": "refused", "stage": "queue",
-                                                   "reason": "busy: too many commands waiting"})
+            self._answer((name, _peek_id(payload), ""), {"ok": False, "status": "refused", "stage": "queue",
+                                                         "reason": "busy: too many commands waiting"}, remember=False)
 
     def start(self) -> None:
         self._thread.start()
@@ -122,27 +134,38 @@ class Commands:
 
     def handle(self, name: str, payload: bytes) -> dict:
         cmd_id = _peek_id(payload)
-        if cmd_id is not None and (name, cmd_id) in self._answers:
-            log.info("command %s %s: repeated id, answered again", name, cmd_id)
-            return self._answer(name, cmd_id, self._answers[(name, cmd_id)], remember=False)
+        key = (name, cmd_id, hashlib.sha256(payload).hexdigest())
+        if cmd_id is not None and key in self._answers:
+            log.info("command %s %s: repeated delivery, answered again", name, cmd_id)
+            return self._answer(key, self._answers[key], remember=False)
         t0 = time.monotonic()
         try:
             cmd = parse(name, payload)
             outcome = {"ok": True, **getattr(self.agent, f"cmd_{name}")(cmd)}
         except Refused as e:
-            outcome = {"ok": False, "status": e.status, "stage": e.stage, "reason": e.reason[:MAX_REASON]}
+            outcome = {"ok": False, "status": e.status, "stage": e.stage,
+                       "reason": self._scrub(e.reason)[:MAX_REASON]}
         outcome["s"] = round(time.monotonic() - t0, 2)
         level = logging.INFO if outcome["ok"] else logging.WARNING
         log.log(level, "command %s %s: %s%s", name, cmd_id, outcome["status"],
                 f" ({outcome['reason']})" if "reason" in outcome else "")
-        ack = self._answer(name, cmd_id, outcome)
+        ack = self._answer(key, outcome)
         if outcome.get("restart"):
             self.agent.stop()  # after the answer is queued: it goes out before the clean disconnect
         return ack
 
-    def _answer(self, name: str, cmd_id: str | None, outcome: dict, remember: bool = True) -> dict:
+    def _scrub(self, reason: str) -> str:
+        """The absolute state folder replaced by ``{state_dir}``: the city needs no map of the pole's disk."""
+        folder = getattr(self.agent, "state_dir", None)
+        if folder is not None:
+            for form in sorted({str(folder), str(folder.resolve())}, key=len, reverse=True):
+                reason = reason.replace(form, "{state_dir}")
+        return reason
+
+    def _answer(self, key: tuple, outcome: dict, remember: bool = True) -> dict:
+        name, cmd_id, _ = key
         if remember and cmd_id is not None:
-            self._answers[(name, cmd_id)] = outcome
+            self._answers[key] = outcome
             while len(self._answers) > 64:
                 self._answers.popitem(last=False)
         ack = {"v": 1, "id": cmd_id, "cmd": name, "ts": int(time.time() * 1000),
@@ -154,8 +177,10 @@ class Commands:
 
 def _peek_id(payload: bytes) -> str | None:
     """The command's id if it has a usable one (so that even a refused command is answered by id)."""
+    if len(payload) > MAX_PAYLOAD:
+        return None
     try:
         cid = json.loads(payload).get("id")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):
         return None
     return cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None

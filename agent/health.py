@@ -202,6 +202,8 @@ def check_health_file(path: Path | str, max_age_s: float | None = None) -> tuple
         return False, f"{path}: no health file (agent not running?)"
     except (OSError, ValueError, KeyError, TypeError) as e:
         return False, f"{path}: unreadable health file ({type(e).__name__}: {e})"
+    if not 0 < every <= 3600:  # .inf (or a huge period) would make a hung agent look fresh forever
+        return False, f"{path}: heartbeat period {every!r} s is not a period up to an hour"
     limit = max_age_s if max_age_s is not None else 3 * every + 5
     if age > limit:
         return False, f"stale: last heartbeat {age:.0f} s ago (allowed {limit:.0f} s)"

@@ -8,7 +8,10 @@ a broker restart); subscriptions remade on every connect; MQTT 5 with a fall bac
 when the broker refuses the protocol level; and a watchdog: the supervisor drops and
 remakes the connection when paho's network thread has died or the owner reports a stall
 (the uplink: a PUBACK overdue). Each connection attempt uses a fresh paho client, so no
-half-sent state from a dead connection is replayed behind the owner's back.
+half-sent state from a dead connection is replayed behind the owner's back, and each
+connection has its own client id (the owner's prefix plus 8 random hex digits): another
+client connecting with a guessed id cannot take the agent's session over (MQTT disconnects
+the older of two clients with the same id).
 
 TLS: the configured CA file is the only trust anchor (the system store is not loaded, so a
 certificate from any other CA is refused), the broker's host name is checked against its
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import ssl
 import threading
 import time
@@ -81,7 +85,8 @@ class Connection:
                  on_connect: Callable[[], None] | None = None,
                  on_publish: Callable[[int, bool], None] | None = None,
                  stalled: Callable[[], bool] | None = None):
-        self.name, self.broker, self.client_id = name, broker, client_id
+        self.name, self.broker, self.client_id = name, broker, client_id  # a prefix: see _new_client
+        self.client_id_in_use: str | None = None
         self.protocol, self.backoff, self.will = protocol, backoff, will
         self.on_message, self.on_connect_cb, self.on_publish_cb, self.stalled = on_message, on_connect, on_publish, stalled
         self.connected = threading.Event()
@@ -133,8 +138,9 @@ class Connection:
     # ------------------------------------------------------------------- the supervisor
 
     def _new_client(self, proto: str) -> paho.Client:
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=PROTOCOLS[proto],
-                             **({} if proto == "5" else {"clean_session": True}))
+        self.client_id_in_use = f"{self.client_id}-{secrets.token_hex(4)}"
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id_in_use,
+                             protocol=PROTOCOLS[proto], **({} if proto == "5" else {"clean_session": True}))
         client.connect_timeout = self.broker.connect_timeout_s
         if self.broker.username:
             password = self.broker.password_file.read_text().strip() if self.broker.password_file else None

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .features.image import ImageDecodeError, decode_image
+from .features.image import (CAMERA_FORMATS, MAX_DECODED_PIXELS, MAX_SIDE, ImageDecodeError, ImageTooLarge,
+                             decode_image)
 
 AUDIO_MAGIC = b"RS"
 AUDIO_VERSION = 1
@@ -39,6 +40,10 @@ KINDS = ("audio", "camera", "detector")
 DETECTOR_PERIODS = (30, 300)
 MAX_IMAGE_BYTES = 2 << 20
 MAX_DETECTOR_BYTES = 1024
+# Physical bounds (found by attack: speed_mph 1e308 gave NaN probabilities that fired every class).
+MAX_SPEED_MPH = 300.0  # faster than any road vehicle; <= 0 means "no reading" (docs/mqtt.md 1.3)
+MAX_COUNT = 100_000  # vehicles in one period, far above any loop's capacity
+IMAGE_MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n"}
 
 
 class PayloadError(ValueError):
@@ -83,6 +88,13 @@ class DetectorReading:
 
 
 # ------------------------------------------------------------------------------- topics
+
+def max_payload_bytes(kind: str, sample_rate: int, channels: int, max_chunk_seconds: float) -> int:
+    """The largest payload of ``kind`` that can decode: checked before a message is queued (bounded memory)."""
+    if kind == "audio":
+        return AUDIO_HEADER.size + 2 * channels * int(max_chunk_seconds * sample_rate)
+    return MAX_IMAGE_BYTES if kind == "camera" else MAX_DETECTOR_BYTES
+
 
 def topic_for(prefix: str, device: str, kind: str, sensor: str) -> str:
     return f"{prefix}/{device}/{kind}/{sensor}"
@@ -131,13 +143,21 @@ def decode_audio(payload: bytes, sensor: str = "") -> AudioChunk:
 
 # ------------------------------------------------------------------------------- camera
 
-def decode_camera(payload: bytes, sensor: str = "", received_ms: float = 0.0) -> ImageFrame:
+def decode_camera(payload: bytes, sensor: str = "", received_ms: float = 0.0,
+                  need: tuple[int, int] | None = None) -> ImageFrame:
+    """JPEG or PNG only; size checked from the header before decoding (``need``: the model's (h, w))."""
     if len(payload) > MAX_IMAGE_BYTES:
         raise PayloadError("too_large", f"image of {len(payload)} bytes (limit {MAX_IMAGE_BYTES})")
+    data = bytes(payload)
+    if not any(data.startswith(m) for m in IMAGE_MAGIC.values()):
+        raise PayloadError("image_format", f"not a JPEG or PNG file (starts {data[:8].hex() or 'empty'})")
     try:
-        return ImageFrame(sensor, received_ms, decode_image(bytes(payload)))
+        image = decode_image(data, CAMERA_FORMATS, need=need, max_side=MAX_SIDE, max_pixels=MAX_DECODED_PIXELS)
+    except ImageTooLarge as e:
+        raise PayloadError("image_size", str(e)) from None
     except ImageDecodeError as e:
         raise PayloadError("image_decode", str(e)) from None
+    return ImageFrame(sensor, received_ms, image)
 
 
 # ----------------------------------------------------------------------------- detector
@@ -150,12 +170,18 @@ def encode_detector(ts_ms: int, speed_mph: float | None, period_s: int = 300, co
     return json.dumps(msg, separators=(",", ":")).encode()
 
 
-def _number(d: dict, key: str, allow_null: bool = False):
+def _number(d: dict, key: str, allow_null: bool = False, low: float = -math.inf, high: float = math.inf):
     v = d.get(key)
     if v is None and allow_null:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise PayloadError("not_numeric", f"{key} must be a finite number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise PayloadError("not_numeric", f"{key} must be a number, got {type(v).__name__}")
+    if isinstance(v, int) and not -2**63 <= v < 2**63:  # a 400-digit int cannot even become a float
+        raise PayloadError("out_of_range", f"{key} has {len(str(abs(v)))} digits")
+    if not math.isfinite(v):
+        raise PayloadError("not_finite", f"{key} must be a finite number, got {v!r}")
+    if not low <= v <= high:
+        raise PayloadError("out_of_range", f"{key} {v!r} is outside [{low:g}, {high:g}]")
     return v
 
 
@@ -166,19 +192,25 @@ def decode_detector(payload: bytes, sensor: str = "") -> DetectorReading:
         d = json.loads(bytes(payload).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PayloadError("json", f"detector message is not UTF-8 JSON ({e})") from None
+    except RecursionError:  # found by attack: a thousand "[" exhausted the parser's stack
+        raise PayloadError("json", "detector message nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise PayloadError("json", f"detector message not readable ({str(e)[:100]})") from None
     if not isinstance(d, dict):
         raise PayloadError("json", f"detector message must be a JSON object, got {type(d).__name__}")
     for key in ("ts", "speed_mph", "period_s"):
         if key not in d:
             raise PayloadError("missing_field", f"detector message without {key!r}")
     ts = _number(d, "ts")
-    speed = _number(d, "speed_mph", allow_null=True)
+    speed = _number(d, "speed_mph", allow_null=True, high=MAX_SPEED_MPH)
     period = _number(d, "period_s")
-    count = _number(d, "count") if d.get("count") is not None else None
+    count = _number(d, "count", low=0, high=MAX_COUNT) if d.get("count") is not None else None
     if period not in DETECTOR_PERIODS:
         raise PayloadError("bad_period", f"period_s {period!r}, expected one of {DETECTOR_PERIODS}")
     if not 0 <= ts < 1 << 53:
         raise PayloadError("bad_time", f"ts {ts!r} is not a UTC millisecond time")
+    if count is not None and count != int(count):
+        raise PayloadError("out_of_range", f"count {count!r} is not a whole number of vehicles")
     return DetectorReading(sensor, int(ts), None if speed is None else float(speed), int(period),
                            None if count is None else int(count))
 

@@ -53,6 +53,7 @@ class Rule:
         if unknown:
             raise RuleError(f"{key}.classes: {unknown} not among the model's labels {list(labels)}")
         self.cfg = cfg
+        self.skipped = 0  # windows ignored for non-finite scores
         self._history: deque[np.ndarray] = deque(maxlen=cfg.smooth_windows)
         self._states = {name: _ClassState(list(labels).index(name), c.threshold, c.release_threshold)
                         for name, c in cfg.classes.items()}
@@ -64,8 +65,15 @@ class Rule:
             s.active = s.fired = False
 
     def update(self, probs: np.ndarray, start_ms: int, end_ms: int) -> list[Event]:
-        """Feed one window's probabilities (over all labels); return the events it fires."""
-        self._history.append(np.asarray(probs, dtype=np.float64))
+        """Feed one window's probabilities (over all labels); return the events it fires.
+
+        A window with a non-finite score is skipped (counted in ``skipped``): one NaN in the moving
+        average would otherwise hold every class above (or below) its threshold for good."""
+        p = np.asarray(probs, dtype=np.float64)
+        if not np.isfinite(p).all():
+            self.skipped += 1
+            return []
+        self._history.append(p)
         avg = np.mean(self._history, axis=0)
         events = []
         for name, s in self._states.items():

@@ -28,17 +28,20 @@ from typing import Callable
 from . import __version__, taskset
 from .alerts import AlertTooLarge, Origin, encode_alert, encode_summary, message_id
 from .commands import Commands
-from .config import AgentConfig, config_hash, preflight, resolve, resolve_files
+from .config import AgentConfig, config_hash, preflight, resolve, resolve_files, resolve_local
 from .health import Health, ProcessStats, clock_synced, heartbeat, write_health_file
 from .outbox import ALERT, SUMMARY, Outbox, OutboxError
 from .payloads import PayloadError, decode_audio, decode_camera, decode_detector
 from .sources import Message, SourceContext, create_source
+from .sources.fairqueue import FairQueue
+from .sources.slots import SensorSlots
 from .tasks import Detection, LevelReport
 from .updates import ModelStore, apply_update
 from .uplink import Uplink
 
 log = logging.getLogger("roadside.agent")
 QUEUE_MAX = 2000
+QUEUE_MAX_BYTES = 32 << 20
 MAX_TIME_MS = 253_402_300_800_000  # 10000-01-01: beyond it no local time exists (day/night, time of day)
 
 
@@ -64,24 +67,30 @@ class Agent:
         self.process_stats = ProcessStats()
         self.installed = self.make_store(self.rcfg)
         self.taskset = taskset.build(self.rcfg, config_path, self.cache_dir, self.health, self.installed.candidates)
-        self.outbox = Outbox(resolve(cfg.outbox.path, config_path) if cfg.outbox.path else
+        self.outbox = Outbox(resolve_local(cfg.outbox.path, config_path) if cfg.outbox.path else
                              self.state_dir / "outbox.sqlite", cfg.outbox.max_bytes, cfg.outbox.hard_cap_bytes)
         self.origin = Origin(dev.id, self.outbox.next_boot(), config_hash(cfg))
         self.synced = self._time_synced()
         state = {"boot": self.origin.boot, "agent": __version__, "ch": self.origin.config_hash,
                  "models": self.taskset.models}
+        if dev.location is not None:  # 2 numbers, rounded to ~1 m: keeps the state message small
+            state["loc"] = {"lat": round(dev.location.lat, 5), "lon": round(dev.location.lon, 5)}
         self.commands = Commands(self)
         self.uplink = Uplink(self.rcfg.uplink, dev.site, dev.id, self.outbox, state, self.origin.boot,
                              on_command=self.commands.submit)
         self.commands.publish = self.uplink.publish_ack
-        qmax = max([getattr(s, "queue_max", QUEUE_MAX) for s in cfg.sources])
-        self.queue: queue.Queue[Message] = queue.Queue(maxsize=qmax)
-        ctx = SourceContext(dev.id, cfg.audio, self.health, self.queue)
+        self.slots = SensorSlots(dev)  # which sensors keep state; listed ones always (agent.sources.slots)
+        self._sensors = self.slots.held  # kind -> sensors with state (bounded: device.max_sensors)
+        self.queue = FairQueue(max([getattr(s, "queue_max", QUEUE_MAX) for s in cfg.sources]),
+                               max([getattr(s, "queue_max_bytes", QUEUE_MAX_BYTES) for s in cfg.sources]),
+                               self._lane, lambda m: self.health.drop("queue_full", f"{m.kind}/{m.sensor}"))
+        ctx = SourceContext(dev.id, cfg.audio, self.health, self.queue,
+                            lambda: frozenset(k for k, ts in self.taskset.by_input.items() if ts), dev.sensors)
         self.sources = [create_source(s, ctx) for s in self.rcfg.sources]
-        self._sensors: dict[str, set[str]] = {}  # kind -> sensors with state (bounded: device.max_sensors)
         self._stop = threading.Event()
         self._hup = threading.Event()
         self.restart_with: AgentConfig | None = None  # set by a reload that needs the connections remade
+        self.next_beat = time.monotonic()  # the run loop's heartbeat timer; a reload reschedules it
 
     @property
     def tasks(self) -> dict[str, list]:
@@ -89,13 +98,16 @@ class Agent:
         return self.taskset.by_input
 
     def make_store(self, rcfg: AgentConfig) -> ModelStore:
+        """The model store; after start, with the keys loaded at start (a reload never re-reads key files)."""
         u = rcfg.updates
-        return ModelStore(self.state_dir / "models", u.trusted_keys if u else None, u.keep if u else 2)
+        running = getattr(self, "installed", None)
+        return ModelStore(self.state_dir / "models", u.trusted_keys if u else None, u.keep if u else 2,
+                          keys=running.keys if running is not None else None)
 
     @property
     def health_file(self) -> Path:
         f = self.cfg.health.file
-        return resolve(f, self.config_path) if f is not None else self.state_dir / "health.json"
+        return resolve_local(f, self.config_path) if f is not None else self.state_dir / "health.json"
 
     def _time_synced(self) -> bool:
         mode = self.cfg.device.time_quality
@@ -103,7 +115,11 @@ class Agent:
 
     # ---------------------------------------------------------------------------- input
 
-    def decode(self, msg: Message):
+    def _lane(self, msg: Message) -> tuple[str, str | None]:
+        """A queue lane per sensor holding a slot; every other sender of a kind shares one (agent.sources.fairqueue)."""
+        return (msg.kind, msg.sensor if self.slots.holds(msg.kind, msg.sensor) else None)
+
+    def decode(self, msg: Message, tasks: list = ()):
         """Wire bytes -> a checked reading, or PayloadError (counted by the caller)."""
         if msg.kind == "audio":
             chunk = decode_audio(msg.payload, msg.sensor)
@@ -117,33 +133,39 @@ class Agent:
             _check_time(chunk.capture_ms, "capture_us")
             return chunk
         if msg.kind == "camera":
-            return decode_camera(msg.payload, msg.sensor, msg.received_ms)
+            sizes = [t.image_size for t in tasks if getattr(t, "image_size", None)]
+            need = (max(h for h, _ in sizes), max(w for _, w in sizes)) if sizes else None
+            return decode_camera(msg.payload, msg.sensor, msg.received_ms, need)
         reading = decode_detector(msg.payload, msg.sensor)
         _check_time(reading.ts_ms, "ts")
         return reading
 
-    def _known_sensor(self, kind: str, sensor: str) -> bool:
-        """Per-sensor state (windows, meters, rules) is bounded: new sensors beyond the limit are refused."""
-        known = self._sensors.setdefault(kind, set())
-        if sensor in known:
-            return True
-        if len(known) >= self.cfg.device.max_sensors:
-            return False
-        known.add(sensor)
-        return True
-
     def process(self, msg: Message) -> int:
-        """One sensor message through its tasks; returns the number of messages stored."""
+        """One sensor message through its tasks; returns the number of messages stored. Never raises:
+        whatever a message holds, it is accepted or counted under one reason (docs/mqtt.md 1.4)."""
         tasks = self.taskset.by_input.get(msg.kind, [])  # read once: a swap never splits a message
+        where = f"{msg.kind}/{msg.sensor}"
+        if not tasks:
+            self.health.drop("no_task", f"{where}: no task consumes {msg.kind}")
+            return 0
+        refused = self.slots.admit(msg.kind, msg.sensor)  # before decoding: a refused sensor costs nothing
+        if refused is not None:
+            self.health.drop(refused, f"{where}: device.sensors / max_sensors ({self.cfg.device.max_sensors})")
+            return 0
         try:
-            reading = self.decode(msg)
+            reading = self.decode(msg, tasks)
+            evicted = self.slots.claim(msg.kind, msg.sensor)
         except PayloadError as e:
-            self.health.drop(e.reason, f"{msg.kind}/{msg.sensor}: {e}")
+            self.health.drop(e.reason, f"{where}: {e}")
             return 0
-        if not self._known_sensor(msg.kind, msg.sensor):
-            self.health.drop("too_many_sensors", f"{msg.kind}/{msg.sensor}: over device.max_sensors "
-                                                 f"({self.cfg.device.max_sensors})")
+        except Exception as e:  # a decoder bug or hostile input (RecursionError, MemoryError...): never fatal
+            self.health.drop("decode_error", f"{where}: {type(e).__name__}: {str(e)[:200]}")
             return 0
+        for sensor in evicted:  # an idle unlisted sensor gave its slot away: its state goes with it
+            for task in tasks:
+                forget = getattr(task, "forget", None)
+                if forget is not None:
+                    forget(sensor)
         self.health.accept(msg.kind)
         stored = 0
         for task in tasks:
@@ -158,6 +180,14 @@ class Agent:
             for out in outputs:
                 stored += self.store(out)
         return stored
+
+    def _process_safely(self, msg: Message) -> None:
+        """Defence in depth for the run loop: ``process`` counts every input error itself, so what lands
+        here is a bug, counted as a task error; no sensor message may end the loop (issue 18)."""
+        try:
+            self.process(msg)
+        except Exception as e:
+            self.health.drop("task_error", f"{msg.kind}/{msg.sensor}: {type(e).__name__}: {str(e)[:200]}")
 
     def store(self, out: Detection | LevelReport) -> int:
         o, synced = self.origin, self.synced
@@ -192,7 +222,7 @@ class Agent:
     def cmd_reload(self, cmd) -> dict:
         from .reload import reload
 
-        return reload(self, cmd.config)
+        return reload(self, cmd.config, cmd.sig)
 
     def swap(self, tasks: "taskset.TaskSet") -> None:
         """The new task set, in one assignment; the city hears about it in the retained state message."""
@@ -205,7 +235,11 @@ class Agent:
         self.health.log_every_s = cfg.health.log_every_s
         self.origin = replace(self.origin, config_hash=config_hash(cfg))
         self.taskset = tasks
+        self.slots.configure(cfg.device)
+        for source in self.sources:  # a task added by the reload: subscribe its input
+            getattr(source, "follow", lambda: None)()
         self.uplink.update_state(models=tasks.models, ch=self.origin.config_hash)
+        self.next_beat = time.monotonic()  # timers follow the new periods now, not after the old period ran out
         log.info("config reloaded in place (config %s)", self.origin.config_hash)
 
     def request_restart(self, cfg: AgentConfig) -> None:
@@ -264,7 +298,7 @@ class Agent:
         for s in self.sources:
             s.start()
         log.info("agent %s boot %d running (config %s)", self.origin.device, self.origin.boot, self.origin.config_hash)
-        next_beat, hups = time.monotonic(), 0  # first heartbeat (and health file) at once
+        self.next_beat, hups = time.monotonic(), 0  # first heartbeat (and health file) at once
         try:
             while not self._stop.is_set():
                 try:
@@ -272,14 +306,14 @@ class Agent:
                 except queue.Empty:
                     msg = None
                 if msg is not None:
-                    self.process(msg)
+                    self._process_safely(msg)
                 if self._hup.is_set():
                     self._hup.clear()
                     hups += 1
                     self.commands.submit("reload", json.dumps({"id": f"sighup-{self.origin.boot}-{hups}"}).encode())
-                if time.monotonic() >= next_beat:
+                if time.monotonic() >= self.next_beat:
                     self.heartbeat()
-                    next_beat = time.monotonic() + self.cfg.uplink.heartbeat_s
+                    self.next_beat = time.monotonic() + self.cfg.uplink.heartbeat_s
         finally:
             for s in self.sources:
                 s.stop()
@@ -294,7 +328,7 @@ class Agent:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             try:
-                self.process(self.queue.get_nowait())
+                self._process_safely(self.queue.get_nowait())
             except queue.Empty:
                 return
 

@@ -10,6 +10,10 @@ PEM. A key id is the first 16 hex of the sha256 of the raw 32-byte public key; t
 signature file names the id so that several trusted keys (rotation) cost one check each.
 
 ``manifest.sig`` (JSON): ``{"alg": "ed25519", "key_id": "<16 hex>", "sig": "<base64 of 64 bytes>"}``.
+
+The same keys sign two smaller things a command carries (``sign_bytes``/``verify_bytes``, a
+bare base64 signature): a ``cmd/reload`` config text (its exact UTF-8 bytes) and a rollback
+permission (``rollback_message``: task, the release rolled back from, the target model's sha256).
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ def check_files(manifest_path: Path | str, manifest: dict | None = None, *, excl
             raise SignatureError(f"{manifest_path}: files.{name}: not a plain file name beside the manifest")
         expected = entry.get("sha256") if isinstance(entry, dict) else None
         path = folder / name
+        if path.is_symlink():  # plain files only: a link could point at anything on the device
+            raise SignatureError(f"{manifest_path}: files.{name}: a symbolic link, not a plain file")
         if not path.is_file():
             raise SignatureError(f"{manifest_path}: files.{name}: missing")
         actual = sha256_file(path)
@@ -138,7 +144,16 @@ def _verify(data: bytes, sig_path: Path, public_keys: Iterable[Ed25519PublicKey]
     if not sig_path.is_file():
         raise SignatureError(f"{sig_path.parent / 'manifest.json'}: unsigned (no {SIG_NAME} beside it)")
     try:
-        sig = json.loads(sig_path.read_text())
+        sig_text = sig_path.read_bytes()
+    except OSError as e:
+        raise SignatureError(f"{sig_path}: cannot read ({e.strerror or e})") from None
+    return _check(data, sig_text, public_keys, sig_path)
+
+
+def _check(data: bytes, sig_text: bytes, public_keys: Iterable[Ed25519PublicKey], sig_path: Path | str) -> str:
+    """The id of the trusted key whose signature ``sig_text`` (a manifest.sig's JSON) is over ``data``."""
+    try:
+        sig = json.loads(sig_text)
         if sig.get("alg") != ALG:
             raise SignatureError(f"{sig_path}: alg {sig.get('alg')!r}, expected {ALG!r}")
         raw = base64.b64decode(sig["sig"], validate=True)
@@ -158,6 +173,22 @@ def _verify(data: bytes, sig_path: Path, public_keys: Iterable[Ed25519PublicKey]
                          f"(trusted: {sorted(keys)}; signed by {str(sig.get('key_id'))[:16]!r})")
 
 
+def verify_manifest_bytes(data: bytes, sig_text: bytes, public_keys: Iterable[Ed25519PublicKey],
+                          where: str = "manifest.json") -> tuple[dict, str]:
+    """A manifest still in memory (a bundle not yet unpacked): (manifest, signing key id) or ``SignatureError``.
+
+    The signature is checked before the bytes are parsed: unsigned input is never even read as JSON.
+    """
+    kid = _check(data, sig_text, public_keys, SIG_NAME)
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise SignatureError(f"{where}: not valid JSON ({type(e).__name__})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or not manifest["files"]:
+        raise SignatureError(f"{where}: no 'files' table: a manifest must list every file's sha256")
+    return manifest, kid
+
+
 @dataclass(frozen=True)
 class Verified:
     manifest: dict
@@ -173,3 +204,35 @@ def verify_manifest(manifest_path: Path | str, public_keys: Iterable[Ed25519Publ
     kid = _verify(data, manifest_path.parent / SIG_NAME, public_keys)
     check_files(manifest_path, manifest, exclusive=exclusive)
     return Verified(manifest, kid, manifest_path.parent)
+
+
+# ----------------------------------------------------------------- signatures in commands
+
+def sign_bytes(data: bytes, private_key_path: Path | str) -> str:
+    """The base64 Ed25519 signature of ``data`` (a reload config's bytes, a rollback message)."""
+    return base64.b64encode(load_private_key(private_key_path).sign(data)).decode()
+
+
+def verify_bytes(data: bytes, sig_b64: str | None, public_keys: Iterable[Ed25519PublicKey], what: str) -> str:
+    """The id of the trusted key that signed ``data``; ``SignatureError`` naming ``what`` otherwise."""
+    keys = list(public_keys)
+    if not keys:
+        raise SignatureError(f"{what}: no trusted keys (updates.trusted_keys) to check its signature against")
+    if not sig_b64:
+        raise SignatureError(f"{what}: unsigned (a signature by a key in updates.trusted_keys is required)")
+    try:
+        raw = base64.b64decode(sig_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError(f"{what}: the signature is not base64") from None
+    for k in keys:
+        try:
+            k.verify(raw, data)
+            return key_id(k)
+        except InvalidSignature:
+            continue
+    raise SignatureError(f"{what}: signature does not verify against any trusted key")
+
+
+def rollback_message(task: str, from_release: int, sha256: str) -> bytes:
+    """What an operator signs to allow going back from release ``from_release`` to the model ``sha256``."""
+    return f"roadside-rollback/1 task={task} from={int(from_release)} to={sha256.lower()}".encode()

@@ -2,17 +2,23 @@
 
 A bundle is a tar of one artefact folder: ``manifest.json``, ``manifest.sig`` (``roadside
 sign``) and every file the manifest lists (``roadside sign --bundle`` writes one). It comes
-inline in the ``cmd/model`` message (base64) or by ``url`` (http/https, with the bundle's
-sha256 in the command). In order, and nothing is loaded before step 3 passes:
+inline in the ``cmd/model`` message (base64) or by ``url`` (http/https from a host in
+``updates.url_hosts``, with the bundle's sha256 in the command). In order, and nothing is
+written before the signature verifies, nothing loaded before step 3 passes:
 
-1. fetch: size bounded by ``updates.max_bundle_bytes``, sha256 checked when given;
-2. unpack: plain regular files only (no paths, links or devices), into a staging folder;
-3. verify: the manifest's Ed25519 signature against ``updates.trusted_keys``, every file's
-   sha256, no unlisted file, and the manifest's task is the command's;
+1. fetch: size bounded by ``updates.max_bundle_bytes``, one overall deadline, sha256 checked
+   when given (``agent.model_bundle``);
+2. verify the manifest's Ed25519 signature in memory, then unpack only the files it lists,
+   each capped at its stated size and checked against its sha256 (``agent.model_bundle``);
+3. check: the manifest's task is the command's, and its ``release`` (an integer the operator
+   sets when signing: ``roadside sign --release N``) is higher than every release this device
+   has applied for the task -- unless the command carries ``rollback``, a signature of
+   ``signing.rollback_message(task, highest release applied, model sha256)``: an operator's
+   explicit, one-state permission to go back to that model;
 4. load beside the running model and smoke-test (``taskset.build_task``); a failure here is
    a roll back: the new folder is discarded and the running model never stopped;
-5. persist (``active.json``: current, previous, and the configured model it replaces),
-   then swap (one reference assignment in the runtime) and answer.
+5. persist (``active.json``: current, previous, the configured model it replaces, the
+   highest release applied), then swap (one reference assignment in the runtime) and answer.
 
 Installed versions live in ``{state_dir}/models/{task}/{sha16}/``. At start the agent tries
 the current one, then the previous one (each verified again), then the configured model;
@@ -22,33 +28,18 @@ that names another model wins.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import io
 import json
 import logging
 import os
 import shutil
-import tarfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .signing import SIG_NAME, SignatureError, Verified, load_public_key, verify_manifest
+from .model_bundle import UpdateError, fetch, make_bundle, unpack  # noqa: F401 (make_bundle: the public name)
+from .signing import SignatureError, Verified, load_public_key, rollback_message, verify_bytes, verify_manifest
 
 log = logging.getLogger("roadside.updates")
-MAX_MEMBERS = 64
-
-
-class UpdateError(RuntimeError):
-    """A refused update; ``stage`` says where (fetch, unpack, verify, load, install)."""
-
-    def __init__(self, stage: str, message: str):
-        self.stage = stage
-        super().__init__(f"{stage}: {message}")
 
 
 def model_file(manifest: dict) -> str:
@@ -57,75 +48,17 @@ def model_file(manifest: dict) -> str:
     return str(target.get("file") or "model.onnx")
 
 
-# ----------------------------------------------------------------------------- bundles
-
-def make_bundle(folder: Path | str, out: Path | str | None = None) -> bytes:
-    """The tar of an artefact folder (manifest, its signature if any, listed files); written to ``out`` if given."""
-    folder = Path(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    names = ["manifest.json", *([SIG_NAME] if (folder / SIG_NAME).is_file() else []), *sorted(manifest["files"])]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name in names:
-            info = tarfile.TarInfo(name)
-            data = (folder / name).read_bytes()
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    if out is not None:
-        Path(out).write_bytes(buf.getvalue())
-    return buf.getvalue()
-
-
-def fetch(bundle_b64: str | None, url: str | None, sha256: str | None, max_bytes: int, timeout_s: float) -> bytes:
-    if bundle_b64 is not None:
-        if len(bundle_b64) > max_bytes * 4 // 3 + 4:
-            raise UpdateError("fetch", f"inline bundle over updates.max_bundle_bytes ({max_bytes})")
-        try:
-            data = base64.b64decode(bundle_b64, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise UpdateError("fetch", f"bundle is not valid base64 ({e})") from None
-    else:
-        if not url or url.split(":", 1)[0] not in ("http", "https"):
-            raise UpdateError("fetch", "url must be http:// or https://")
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as r:
-                data = r.read(max_bytes + 1)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise UpdateError("fetch", f"{url}: {getattr(e, 'reason', e)}") from None
-    if len(data) > max_bytes:
-        raise UpdateError("fetch", f"bundle over updates.max_bundle_bytes ({max_bytes})")
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
-        raise UpdateError("fetch", "bundle sha256 does not match the command's sha256")
-    return data
-
-
-def unpack(data: bytes, dest: Path) -> None:
-    """Plain files only, each a bare name: nothing in a bundle can write outside ``dest``."""
-    try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
-        members = tar.getmembers()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UpdateError("unpack", f"not a tar archive ({type(e).__name__}: {e})") from None
-    if len(members) > MAX_MEMBERS:
-        raise UpdateError("unpack", f"{len(members)} members (at most {MAX_MEMBERS})")
-    dest.mkdir(parents=True)
-    for m in members:
-        if not m.isfile() or Path(m.name).name != m.name or m.name.startswith("."):
-            raise UpdateError("unpack", f"member {m.name!r} is not a plain file name")
-        if (dest / m.name).exists():
-            raise UpdateError("unpack", f"member {m.name!r} appears twice")
-        with tar.extractfile(m) as src, open(dest / m.name, "wb") as out:
-            shutil.copyfileobj(src, out)
-
-
 # ------------------------------------------------------------------------------- store
 
 class ModelStore:
     """Installed, verified model versions per task and which one is active."""
 
-    def __init__(self, root: Path, trusted_keys: list[Path] | None, keep: int = 2):
+    def __init__(self, root: Path, trusted_keys: list[Path] | None, keep: int = 2,
+                 keys: list[Ed25519PublicKey] | None = None):
         self.root, self.keep = root, keep
-        self.keys: list[Ed25519PublicKey] = [load_public_key(p) for p in trusted_keys or []]
+        # ``keys``: the ones loaded at start, kept across reloads (a reload never re-reads a key file)
+        self.keys: list[Ed25519PublicKey] = keys if keys is not None else \
+            [load_public_key(p) for p in trusted_keys or []]
         self._n = 0
 
     def _active_path(self, task: str) -> Path:
@@ -170,13 +103,16 @@ class ModelStore:
             out.append((folder / model_file(v.manifest), f"update:{a[which]}"))
         return out
 
-    def stage(self, task: str, data: bytes) -> tuple[Path, Verified]:
-        """Unpack and verify into ``{task}/{sha16 of the model}``; the folder and what verified it."""
+    def stage(self, task: str, data: bytes, max_bytes: int = 2_000_000_000) -> tuple[Path, Verified]:
+        """Verify, then unpack into ``{task}/{sha16 of the model}``; the folder and what verified it."""
+        if not self.keys:
+            raise UpdateError("verify", "no updates.trusted_keys configured")
         self._n += 1
         staging = self.root / task / f".staging-{os.getpid()}-{self._n}"
         try:
             shutil.rmtree(staging, ignore_errors=True)
-            unpack(data, staging)
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            unpack(data, staging, self.keys, max_bytes)
             try:
                 v = self.verify(staging, task)
             except SignatureError as e:
@@ -191,18 +127,25 @@ class ModelStore:
                     raise UpdateError("verify", str(e)) from None
             os.rename(staging, final)
             return final, Verified(v.manifest, v.key_id, final)
-        except OSError as e:
-            raise UpdateError("unpack", f"{type(e).__name__}: {e.strerror or e}") from None
+        except OSError as e:  # no path in the reason: it goes to the city
+            raise UpdateError("unpack", f"cannot write the staging folder ({type(e).__name__}: {e.strerror})") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def activate(self, task: str, folder: Path, replaces: Path) -> None:
+    def highest(self, task: str) -> int:
+        """The highest release ever applied for ``task`` (0: none yet)."""
+        value = self.active(task).get("highest", 0)
+        return value if isinstance(value, int) else 0
+
+    def activate(self, task: str, folder: Path, replaces: Path, release: int = 0) -> None:
         """Make ``folder`` current (the old current becomes previous); atomic, then prune."""
         a = self.active(task)
+        highest = max(self.highest(task), release)  # survives a change of configured model: no downgrade by that
         if a.get("replaces") != str(replaces):
             a = {}
         new = {"current": folder.name, "previous": a.get("current") if a.get("current") != folder.name
-               else a.get("previous"), "replaces": str(replaces)}
+               else a.get("previous"), "replaces": str(replaces), "release": release, "highest": highest}
+        self.root.joinpath(task).mkdir(parents=True, exist_ok=True)
         path = self._active_path(task)
         tmp = path.with_name("active.json.tmp")
         with open(tmp, "w") as f:
@@ -243,9 +186,10 @@ def apply_update(agent, cmd) -> dict:
     tcfg = getattr(cfg.tasks, cmd.task)
     if tcfg is None:
         raise Refused(f"task {cmd.task!r} is not configured on this device", "config")
+    u = cfg.updates
     try:
-        data = fetch(cmd.bundle, cmd.url, cmd.sha256, cfg.updates.max_bundle_bytes, cfg.updates.fetch_timeout_s)
-        folder, verified = agent.installed.stage(cmd.task, data)
+        data = fetch(cmd.bundle, cmd.url, cmd.sha256, u.max_bundle_bytes, u.fetch_timeout_s, u.url_hosts)
+        folder, verified = agent.installed.stage(cmd.task, data, u.max_bundle_bytes)
     except UpdateError as e:
         raise Refused(str(e), e.stage) from None
     path = folder / model_file(verified.manifest)
@@ -254,6 +198,11 @@ def apply_update(agent, cmd) -> dict:
     if running.get("sha256") == sha:
         agent.installed.discard(cmd.task, folder)
         return {"status": "unchanged", "model": {"task": cmd.task, "sha256": sha}}
+    try:
+        release = check_release(agent.installed, cmd, verified.manifest, sha)
+    except Refused:
+        agent.installed.discard(cmd.task, folder)
+        raise
     try:  # beside the running model, which keeps serving meanwhile
         task = build_task(cmd.task, cfg, path, agent.cache_dir)
     except Exception as e:
@@ -263,7 +212,7 @@ def apply_update(agent, cmd) -> dict:
                       status="rolled_back") from None
     configured = resolve(tcfg.model, agent.config_path)
     try:
-        agent.installed.activate(cmd.task, folder, configured)
+        agent.installed.activate(cmd.task, folder, configured, release)
     except OSError as e:
         agent.installed.discard(cmd.task, folder)
         raise Refused(f"install: cannot record the new version ({e.strerror or e})", "install") from None
@@ -271,4 +220,27 @@ def apply_update(agent, cmd) -> dict:
     agent.swap(agent.taskset.with_task(cmd.task, task, info, (tcfg, str(path), cfg.audio, cfg.device.timezone)))
     log.info("task %s: now %s (%s, signed by key %s)", cmd.task, path, sha[:12], verified.key_id)
     return {"status": "applied", "model": {"task": cmd.task, "sha256": sha, "version": info["version"],
-                                           "key": verified.key_id}}
+                                           "release": release, "key": verified.key_id}}
+
+
+def check_release(store: ModelStore, cmd, manifest: dict, sha: str) -> int:
+    """The manifest's release if it may be applied: newer than any applied, or an operator-signed rollback."""
+    from .commands import Refused
+
+    release = manifest.get("release")
+    if not isinstance(release, int) or isinstance(release, bool) or release < 1:
+        raise Refused("the signed manifest has no release number (an integer >= 1: roadside sign --release N), "
+                      "so it cannot be ordered against what runs", "verify")
+    highest = store.highest(cmd.task)
+    if release > highest:
+        return release
+    if cmd.rollback is None:
+        raise Refused(f"release {release} is not newer than release {highest} already applied: an older model "
+                      f"needs a signed rollback permission (rollback)", "verify")
+    try:
+        kid = verify_bytes(rollback_message(cmd.task, highest, sha), cmd.rollback, store.keys, "rollback")
+    except SignatureError as e:
+        raise Refused(f"{e} (it must sign the task, release {highest} and this model's sha256)", "verify") from None
+    log.warning("task %s: rollback from release %d to release %d (%s), allowed by key %s", cmd.task, highest,
+                release, sha[:12], kid)
+    return release

@@ -5,7 +5,7 @@ outbox, QoS 1), ``health`` (QoS 0, not stored: the next one supersedes it) and `
 (retained; ``online`` on every connect and after a model swap or reload, ``offline`` on a
 clean stop, and the last will sets it ``offline`` when the device vanishes). Commands come
 in on ``cmd/{name}`` and are answered on ``cmd/{name}/ack`` (QoS 1; held in memory while
-offline).
+offline); a retained command is ignored, so no stale command runs again at every connect.
 
 A PUBACK with a failure reason (MQTT 5: the broker's ACL refused the topic) does not remove
 the row: it is counted as ``refused`` and sent again after the next reconnect, so a device
@@ -116,6 +116,9 @@ class Uplink:
         except UnicodeDecodeError:  # never let a bad topic take paho's thread down
             return
         if self._on_command and topic.startswith(prefix):
+            if msg.retain:  # a retained command would run again at every connect (an old model re-applied)
+                log.warning("ignored a retained command on %s (commands are sent unretained)", topic[:200])
+                return
             self._on_command(topic[len(prefix):], msg.payload)
 
     # ---------------------------------------------------------------------- callbacks

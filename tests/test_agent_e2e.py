@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.payloads import AUDIO_HEADER, encode_audio, topic_for
 from agent.sources.replay import replay
-from agent_fixtures import AgentProcess, Broker, Collector, linear_model, write_agent_config
+from agent_fixtures import REPO, AgentProcess, Broker, Collector, linear_model, write_agent_config
 from upstream_schema import check_upstream
 
 SIREN = ["106905-8-0-0", "106905-8-0-1", "106905-8-0-2", "106905-8-0-3"]
@@ -179,7 +179,8 @@ def _malformed(device: str) -> list[tuple[str, bytes, str]]:
     out += [(t("camera"), b"\xff\xd8\xff\xe0" + rng.bytes(200), "image_decode") for _ in range(1500)]
     out += [(t("detector"), json.dumps({"ts": 1, "speed_mph": "fast", "period_s": 300}).encode(), "not_numeric")
             for _ in range(1500)]
-    out += [(topic_for("sensors", device, "lidar", "x"), b"{}", "topic") for _ in range(500)]
+    # unknown kinds (lidar) are not even subscribed (issue 18); an empty sensor name is a bad topic
+    out += [(topic_for("sensors", device, "audio", ""), b"{}", "topic") for _ in range(500)]
     return out
 
 
@@ -191,8 +192,11 @@ def test_10000_malformed_messages_are_counted_and_alerts_still_flow(rig, data_di
                                                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                                                        "channels_first": True, "resize": "bilinear"}},
                             reduce_axes=[2, 3])
+    congestion = REPO / "agent" / "models" / "congestion" / "model.onnx"  # so that detector topics are subscribed
     agent = start_agent(**{"sources.0.queue_max": 20000,
-                           "tasks.vehicles": {"model": str(vehicles), "rule": {"classes": {"truck": {"threshold": 0.9}}}}})
+                           "tasks.vehicles": {"model": str(vehicles), "rule": {"classes": {"truck": {"threshold": 0.9}}}},
+                           "tasks.congestion": {"model": str(congestion),
+                                                "rule": {"classes": {"congested": {"threshold": 0.9}}}}})
     collector.wait_for(lambda c: _online(c, 1), 30, "state online")
     clips = _clips(data_dir, tmp_path / "clips", SIREN + DOG)
     bad = _malformed(DEVICE)

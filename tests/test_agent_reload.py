@@ -1,7 +1,8 @@
 """Live reload: `cmd/reload` (inline YAML or the file re-read) and SIGHUP validate first; a bad config changes nothing.
 
 Answers come on ``cmd/reload/ack``. A refused config leaves the running config (its hash
-in the state message and in every alert) and the file on disk as they were.
+in the state message and in every alert) and the file on disk as they were. Since issue 18 a
+config sent as text is signed by a trusted key (tests/test_hardening_control.py has the attacks).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import yaml
 
 from agent.config import config_hash, load_config
 from agent.reload import restart_keys
+from agent.signing import sign_bytes
 from agent_fixtures import AgentProcess, Broker, Collector, write_agent_config
-from ops_fixtures import InProcessAgent, base_topic, publish, send_audio, tone, wait_until
+from ops_fixtures import InProcessAgent, base_topic, keypair, publish, send_audio, tone, wait_until
 
 
-def _reload(broker, observer, cmd_id: str, config: str | None = None) -> dict:
+def _reload(broker, observer, cmd_id: str, config: str | None = None, key=None) -> dict:
     body = {"id": cmd_id, **({"config": config} if config is not None else {})}
+    if key is not None:
+        body["sig"] = sign_bytes(config.encode(), key)
     publish(broker.port, f"{base_topic()}/cmd/reload", json.dumps(body).encode())
     return observer.wait_for(lambda c: [a for a in c.payloads("/cmd/reload/ack") if a["id"] == cmd_id], 30,
                              f"the answer to {cmd_id}")[-1]
@@ -50,26 +54,28 @@ def test_which_changes_apply_in_place(tmp_path, noise_model):
 def test_reload_command_refuses_a_bad_config_and_applies_a_good_one(tmp_path, noise_model):
     broker = Broker(tmp_path / "broker")
     observer = Collector(broker.port)
-    path = write_agent_config(tmp_path / "agent", noise_model, broker.port, broker.port)
+    key, public = keypair(tmp_path / "keys")
+    path = write_agent_config(tmp_path / "agent", noise_model, broker.port, broker.port,
+                              updates={"trusted_keys": [str(public)]})
     agent = InProcessAgent(path)
     try:
         wait_until(lambda: observer.payloads("/state"), 20, "online")
         running = agent.agent.origin.config_hash
         on_disk = path.read_text()
 
-        typo = _reload(broker, observer, "r1", path.read_text().replace("cooldown_s: 5", "cooldwn_s: 5"))
+        typo = _reload(broker, observer, "r1", path.read_text().replace("cooldown_s: 5", "cooldwn_s: 5"), key)
         assert not typo["ok"] and typo["stage"] == "validate" and "tasks.noise.rule.cooldwn_s" in typo["reason"]
         assert "line " in typo["reason"]
         unknown_class = _reload(broker, observer, "r2", _edited(path, **{"tasks.noise.rule.classes": {
-            "unicorn": {"threshold": 0.5}}}))
+            "unicorn": {"threshold": 0.5}}}), key)
         assert not unknown_class["ok"] and unknown_class["stage"] == "load" and "unicorn" in unknown_class["reason"]
         missing_cert = _reload(broker, observer, "r3", _edited(path, **{"uplink.broker.tls": {
-            "ca_file": str(tmp_path / "nope.pem")}}))
+            "ca_file": str(tmp_path / "nope.pem")}}), key)
         assert missing_cert["stage"] == "validate" and "uplink.broker.tls.ca_file" in missing_cert["reason"]
         assert agent.agent.origin.config_hash == running and path.read_text() == on_disk
 
         good = _edited(path, **{"level.period_s": 2, "tasks.noise.rule.cooldown_s": 7})
-        ack = _reload(broker, observer, "r4", good)
+        ack = _reload(broker, observer, "r4", good, key)
         new_hash = config_hash(load_config(path))
         assert ack["ok"] and ack["status"] == "applied" and "restart" not in ack and ack["ch"] == new_hash != running
         assert agent.agent.cfg.tasks.noise.rule.cooldown_s == 7 and path.read_text() == good  # kept on disk

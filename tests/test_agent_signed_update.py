@@ -25,14 +25,15 @@ from ops_fixtures import (InProcessAgent, base_topic, keypair, model_command, pu
                           tone, wait_until)
 
 
-def _rehash(folder: Path, version: str | None = None) -> None:
-    """Make the manifest describe the folder's files again (what compression writes)."""
+def _rehash(folder: Path, version: str | None = None, release: int = 1) -> None:
+    """Make the manifest describe the folder's files again (what compression writes), with a release number."""
     manifest = json.loads((folder / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
         data = (folder / name).read_bytes()
         entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     if version:
         manifest["version"] = version
+    manifest["release"] = release  # since issue 18 an update without a release is refused (no downgrade)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
@@ -55,7 +56,7 @@ def rig(tmp_path, noise_model):
 
     def start() -> InProcessAgent:
         cfg = write_agent_config(tmp_path / "agent", noise_model, broker.port, broker.port,
-                                 **{"updates": {"trusted_keys": [str(public)]}})
+                                 **{"updates": {"trusted_keys": [str(public)], "url_hosts": ["127.0.0.1"]}})
         agent = InProcessAgent(cfg)
         agents.append(agent)
         wait_until(lambda: _state(observer, agent.agent.origin.boot), 20, "the agent online")
@@ -177,7 +178,7 @@ def test_a_model_failing_to_load_or_its_smoke_inference_is_rolled_back(rig, tmp_
                        np.full((shipped["frontend"]["n_mels"], len(shipped["labels"])), np.nan), np.zeros(10),
                        {k: shipped[k] for k in ("task", "labels", "frontend")}, reduce_axes=[1, 3])
     manifest = json.loads((nan.parent / "manifest.json").read_text())
-    (nan.parent / "manifest.json").write_text(json.dumps({**manifest, "window_seconds": 1.0}))
+    (nan.parent / "manifest.json").write_text(json.dumps({**manifest, "window_seconds": 1.0, "release": 1}))
     sign_manifest(nan.parent / "manifest.json", private)
     broken = signed_copy(noise_model.parent, tmp_path / "broken", private, edit=_garbage_model)
 

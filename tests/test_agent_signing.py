@@ -121,13 +121,13 @@ def _tar(members: dict[str, bytes], kind=tarfile.REGTYPE) -> bytes:
     (_tar({"link": b""}, tarfile.SYMTYPE), "not a plain file name"),
     (b"not a tar at all", "not a tar archive"),
 ], ids=["parent-path", "sub-folder", "symlink", "garbage"])
-def test_a_bundle_cannot_write_outside_its_folder(tmp_path, data, expected):
-    with pytest.raises(UpdateError, match=expected):
-        unpack(data, tmp_path / "staging")
+def test_a_bundle_cannot_write_outside_its_folder(tmp_path, data, expected, keys):
+    with pytest.raises(UpdateError, match=expected):  # refused on its structure, before any signature check
+        unpack(data, tmp_path / "staging", [load_public_key(keys[1])])
     assert not (tmp_path / "evil").exists()
 
 
 def test_bundle_round_trip(artefact, keys, tmp_path):
     sign_manifest(artefact, keys[0])
-    unpack(make_bundle(artefact.parent), tmp_path / "out")
+    unpack(make_bundle(artefact.parent), tmp_path / "out", [load_public_key(keys[1])])
     assert verify_manifest(tmp_path / "out" / "manifest.json", [load_public_key(keys[1])])

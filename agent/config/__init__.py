@@ -28,14 +28,15 @@ __all__ = ["AgentConfig", "AudioInput", "BackendConfig", "BackoffConfig", "Broke
            "CongestionTaskConfig", "DeviceSection", "FilesSourceConfig", "LevelSection", "Limits", "MicSourceConfig",
            "MqttSourceConfig", "NoiseTaskConfig", "OnnxBackendConfig", "OutboxSection", "RuleConfig", "SourceConfig",
            "TasksSection", "TensorRTBackendConfig", "TlsConfig", "UpdatesSection", "UplinkSection",
-           "VehiclesTaskConfig", "config_hash", "load_config", "preflight", "resolve", "resolve_files"]
+           "VehiclesTaskConfig", "config_hash", "load_config", "preflight", "resolve", "resolve_files",
+           "resolve_local"]
 
 
 class HealthSection(StrictModel):
-    log_every_s: float = Field(60.0, gt=0, description="at most one log line per malformed-input reason this often")
+    log_every_s: float = Field(60.0, gt=0, le=86_400, description="at most one log line per malformed-input reason this often")
     file: Path | None = Field(None, description="health file rewritten every heartbeat, read by `roadside health` "
                                                 "(the container healthcheck); default {state_dir}/health.json")
-    offline_unhealthy_s: float | None = Field(None, gt=0, description="report unhealthy when the city broker has "
+    offline_unhealthy_s: float | None = Field(None, gt=0, le=7 * 86_400, description="report unhealthy when the city broker has "
                                                                       "been unreachable this long (off when unset)")
 
 
@@ -64,6 +65,13 @@ def resolve(path: Path, config_path: Path | str | None) -> Path:
         return near
     shipped = PACKAGE_ROOT / path
     return shipped if shipped.exists() else near
+
+
+def resolve_local(path: Path, config_path: Path | str | None) -> Path:
+    """A path the agent writes (health file, outbox): relative to the config's folder only, never the package."""
+    if path.is_absolute() or config_path is None:
+        return path
+    return Path(config_path).resolve().parent / path
 
 
 def config_hash(cfg: AgentConfig) -> str:

@@ -45,8 +45,8 @@ class ClassRule(StrictModel):
 
 class RuleConfig(StrictModel):
     smooth_windows: int = Field(1, ge=1, le=60, description="moving average over this many windows")
-    min_duration_s: float = Field(0.0, ge=0, description="the event must hold this long before it alerts")
-    cooldown_s: float = Field(30.0, ge=0, description="no second alert of a class within this time")
+    min_duration_s: float = Field(0.0, ge=0, le=3600, description="the event must hold this long before it alerts")
+    cooldown_s: float = Field(30.0, ge=0, le=86_400, description="no second alert of a class within this time")
     classes: dict[str, ClassRule] = Field(min_length=1, description="the classes that alert, by model label")
 
 

@@ -34,8 +34,8 @@ class BrokerConfig(StrictModel):
 
 
 class BackoffConfig(StrictModel):
-    initial_s: float = Field(1.0, gt=0, description="first retry delay cap")
-    max_s: float = Field(60.0, gt=0, description="delay cap; each wait is uniform in [0, cap] (full jitter)")
+    initial_s: float = Field(1.0, gt=0, le=3600, description="first retry delay cap")
+    max_s: float = Field(60.0, gt=0, le=3600, description="delay cap; each wait is uniform in [0, cap] (full jitter)")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -50,15 +50,19 @@ class UplinkSection(StrictModel):
     topic_prefix: str = Field("roadside/v1", pattern=r"^[A-Za-z0-9_/-]+$",
                               description="topics are {prefix}/{site}/{device}/...")
     max_inflight: int = Field(20, ge=1, le=1000, description="alerts published and not yet acknowledged")
-    ack_timeout_s: float = Field(30.0, gt=0, description="no PUBACK for this long: the watchdog reconnects")
+    ack_timeout_s: float = Field(30.0, gt=0, le=3600, description="no PUBACK for this long: the watchdog reconnects")
     backoff: BackoffConfig = BackoffConfig()
-    heartbeat_s: float = Field(60.0, gt=0, description="health message period")
+    heartbeat_s: float = Field(60.0, ge=0.1, le=3600, description="health message period (at most an hour: the "
+                               "health file goes stale after 3 periods, so a hung agent is noticed)")
 
 
 class OutboxSection(StrictModel):
     path: Path | None = Field(None, description="SQLite file (default {state_dir}/outbox.sqlite)")
-    max_bytes: int = Field(1_000_000, ge=10_000, description="above this, oldest summaries are dropped")
-    hard_cap_bytes: int = Field(4_000_000, ge=10_000, description="above this, oldest alerts are dropped (counted)")
+    max_bytes: int = Field(1_000_000, ge=10_000, le=10**12,
+                           description="above this many payload bytes, oldest summaries are dropped")
+    hard_cap_bytes: int = Field(4_000_000, ge=10_000, le=10**12,
+                                description="above this, oldest alerts are dropped (counted); also the bound on "
+                                            "the store's files on disk (database + WAL)")
 
     @model_validator(mode="after")
     def _ordered(self):

@@ -37,6 +37,7 @@ SECONDS_PER_DAY = 86400
 FREE, SLOWED, CONGESTED = 0, 1, 2
 STATES = ("free", "slowed", "congested")
 WEEKEND = (5, 6)  # Monday = 0
+PROFILE_MAX_MPH = 300.0  # a saved usual speed above this (or not finite) cannot be a reading: the file is refused
 
 
 class DetectorParamsError(ValueError):
@@ -300,13 +301,26 @@ class DetectorProfile:
 
     @classmethod
     def from_dict(cls, params: DetectorParams, d: dict[str, Any]) -> DetectorProfile:
-        """Inverse of to_dict; a day of the wrong length is refused (it was kept for other parameters)."""
+        """Inverse of to_dict, validated: a saved profile is relearnt, never trusted, when anything in it could
+        not have come from ``to_dict`` (found by attack: a speed of 1e308 saved there kept alerting after
+        restarts). ValueError names the day and what is wrong; a day of the wrong length was kept for other
+        parameters."""
+        days = d.get("days") if isinstance(d, dict) else None
+        if not isinstance(days, dict) or len(days) > 2 * params.profile_max_days + 1:
+            raise ValueError(f"profile 'days' must be a mapping of at most {2 * params.profile_max_days + 1} days")
         out = cls(params)
-        for key, entry in d.get("days", {}).items():
-            speeds = np.array([np.nan if v is None else float(v) for v in entry["speeds"]])
-            if speeds.shape != (params.steps_per_day,):
-                raise ValueError(f"profile day {key}: {speeds.size} steps, the parameters have {params.steps_per_day}")
-            out._days[int(key)], out._weekend[int(key)] = speeds, bool(entry["weekend"])
+        for key, entry in days.items():
+            day = int(key) if isinstance(key, str) and key.isdigit() and len(key) <= 7 else None
+            if day is None or not isinstance(entry, dict) or not isinstance(entry.get("weekend"), bool) \
+                    or not isinstance(entry.get("speeds"), list):
+                raise ValueError(f"profile day {str(key)[:20]!r}: not a day number with 'weekend' and 'speeds'")
+            speeds = entry["speeds"]
+            if len(speeds) != params.steps_per_day:
+                raise ValueError(f"profile day {key}: {len(speeds)} steps, the parameters have {params.steps_per_day}")
+            if not all(v is None or (type(v) in (int, float) and 0 < v <= PROFILE_MAX_MPH) for v in speeds):
+                raise ValueError(f"profile day {key}: speeds must be null or in (0, {PROFILE_MAX_MPH:g}] mph")
+            out._days[day], out._weekend[day] = np.array([np.nan if v is None else float(v) for v in speeds]), \
+                entry["weekend"]
         return out
 
 

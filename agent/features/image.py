@@ -14,6 +14,7 @@ Defaults, for the 100 x 100 roadside crops:
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,27 @@ class ImageParams:
         return (3, h, w) if self.channels_first else (h, w, 3)
 
 
-def decode_image(data: bytes | str | Path) -> np.ndarray:
-    """Decode JPEG/PNG/... bytes (or a file) to uint8 RGB (H, W, 3); grey and alpha are converted."""
+# The camera path (agent.payloads) takes only what docs/mqtt.md allows, and bounds the work before decoding:
+# a few hundred bytes of header can declare an image that costs gigabytes to decode (a decompression bomb).
+CAMERA_FORMATS = ("JPEG", "PNG")
+MAX_SIDE = 8192  # declared width or height above this is refused from the header alone
+MAX_DECODED_PIXELS = 4096 * 1024  # pixels actually decoded (after JPEG reduction): about 12 MB as RGB
+
+
+class ImageTooLarge(ImageDecodeError):
+    """An image whose header declares more pixels than the limits allow; nothing was decoded."""
+
+
+def decode_image(data: bytes | str | Path, formats: tuple[str, ...] | None = None, *,
+                 need: tuple[int, int] | None = None, max_side: int | None = None,
+                 max_pixels: int | None = None) -> np.ndarray:
+    """Decode JPEG/PNG/... bytes (or a file) to uint8 RGB (H, W, 3); grey and alpha are converted.
+
+    ``formats``: the Pillow formats allowed (others are refused unread). ``need``: the (height, width)
+    the model needs; a JPEG is then decoded at the smallest 1/2, 1/4 or 1/8 scale that still covers it
+    (libjpeg's DCT scaling: a big JPEG costs what the model needs, not what it declares). ``max_side`` and
+    ``max_pixels`` are checked on the header's size (after that reduction) before any pixel is decoded.
+    """
     if isinstance(data, (str, Path)):
         what = str(data)
         try:
@@ -100,14 +120,35 @@ def decode_image(data: bytes | str | Path) -> np.ndarray:
     if len(data) == 0:
         raise ImageDecodeError(f"cannot decode {what}: empty")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():  # our own limits apply; Pillow's warning would only flood the log
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=formats)
+        with im:
+            _check_size(im, what, need, max_side, max_pixels)
             im.load()  # decode now: a truncated JPEG only fails here
             rgb = im.convert("RGB")
+    except Image.DecompressionBombError as e:  # over twice Pillow's own limit: refused at open
+        raise ImageTooLarge(f"{what}: {e}") from e
     except UnidentifiedImageError as e:
-        raise ImageDecodeError(f"cannot decode {what}: not a recognised image format") from e
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageDecodeError(f"cannot decode {what}: {e}") from e
+        allowed = " or ".join(formats) if formats else "a recognised image format"
+        raise ImageDecodeError(f"cannot decode {what}: not {allowed}") from e
+    except ImageDecodeError:
+        raise
+    except Exception as e:  # a plug-in may raise anything on hostile bytes (DecompressionBombError included)
+        raise ImageDecodeError(f"cannot decode {what}: {type(e).__name__}: {str(e)[:200]}") from e
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _check_size(im: Image.Image, what: str, need: tuple[int, int] | None, max_side: int | None,
+                max_pixels: int | None) -> None:
+    w, h = im.size
+    if max_side is not None and max(w, h) > max_side:
+        raise ImageTooLarge(f"{what}: declares {w} x {h} pixels (at most {max_side} per side)")
+    if need is not None and im.format == "JPEG":
+        im.draft("RGB", (need[1], need[0]))  # scale chosen so that the result still covers (width, height)
+        w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLarge(f"{what}: {w} x {h} pixels to decode (at most {max_pixels})")
 
 
 def preprocess(img: np.ndarray, params: ImageParams = ImageParams()) -> np.ndarray:

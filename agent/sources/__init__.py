@@ -4,17 +4,20 @@ Every source hands the runtime ``Message`` objects in the sensor wire formats of
 ``agent.payloads`` (the files and microphone sources encode what they read), so all
 input is decoded, checked and counted in one place. ``emit`` never blocks a network
 thread: when the worker falls behind, MQTT messages are dropped and counted
-("queue_full"); file replay waits instead (it has nobody to keep up with).
+("queue_full", the queue is fair between sensors: ``fairqueue``); file replay waits instead
+(it has nobody to keep up with). A payload larger than its kind can ever decode to is
+dropped before it is queued ("too_large"), so the queue's memory is what its bounds say.
 """
 
 from __future__ import annotations
 
 import queue
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from ..config import AudioInput
 from ..health import Health
+from ..payloads import KINDS, max_payload_bytes
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,16 @@ class SourceContext:
     audio: AudioInput
     health: Health
     queue: "queue.Queue[Message]"
+    kinds: Callable[[], frozenset[str]] = field(default=lambda: frozenset(KINDS))  # kinds some task consumes
+    sensors: dict[str, list[str]] = field(default_factory=dict)  # device.sensors: the pole's own, by kind
 
     def emit(self, msg: Message, block: bool = False) -> None:
         self.health.receive(msg.kind)
+        a = self.audio
+        limit = max_payload_bytes(msg.kind, a.sample_rate, a.channels, a.max_chunk_seconds)
+        if len(msg.payload) > limit:
+            self.health.drop("too_large", f"{msg.kind}/{msg.sensor}: {len(msg.payload)} bytes (limit {limit})")
+            return
         try:
             self.queue.put(msg, block=block, timeout=5.0 if block else None)
         except queue.Full:

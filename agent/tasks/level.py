@@ -30,6 +30,9 @@ class LevelTask:
         day = start <= t < end if start < end else not (end <= t < start)
         return ("day", self.cfg.day) if day else ("night", self.cfg.night)
 
+    def forget(self, sensor: str) -> None:
+        self._meters.pop(sensor, None)
+
     def handle(self, chunk: AudioChunk) -> list[Detection | LevelReport]:
         state = self._meters.get(chunk.sensor)
         if state is None:

@@ -56,6 +56,9 @@ class NoiseTask:
             window = resample(window, self.input_rate, self.params.sample_rate)
         return log_mel(window, self.params)
 
+    def forget(self, sensor: str) -> None:
+        self._sensors.pop(sensor, None)
+
     def _state(self, sensor: str) -> list:
         if sensor not in self._sensors:
             self._sensors[sensor] = [SlidingWindow(self.window, self.hop),

@@ -32,6 +32,10 @@ class VehiclesTask:
         Rule(cfg.rule, contract.labels, "tasks.vehicles.rule")
         dry_run(model, np.zeros(self.params.output_shape, np.float32))
         self._rules: dict[str, Rule] = {}
+        self.image_size = self.params.size  # (h, w): the camera decodes big JPEGs only as far as this needs
+
+    def forget(self, sensor: str) -> None:
+        self._rules.pop(sensor, None)
 
     def handle(self, frame: ImageFrame) -> list[Detection]:
         x = preprocess(frame.image, self.params)
