@@ -129,6 +129,23 @@ def test_shipped_folder_is_a_valid_contract(smoke):
     assert [o.name for o in onnx.load(str(out / "model.onnx")).graph.output] == ["logits", "speed"]
 
 
+def test_the_report_has_warning_curves_for_the_model_and_both_baselines_and_the_manifest_its_point(smoke):
+    """Warnings are what the pole sends ahead of a jam: every predictor gets an operating curve on the same
+    windows, the recipe's point is measured and shipped in the manifest for the agent's rule."""
+    out = smoke[0]
+    report, manifest = (json.loads((out / n).read_text()) for n in ("report.json", "manifest.json"))
+    w, recipe = report["warnings"], load_recipe(RECIPE)
+    assert set(w["curves"]) == {"model", "persistence", "historical_average"}
+    assert [q["setting"] for q in w["curves"]["model"]] == recipe.warning.sweep
+    assert [q["setting"] for q in w["curves"]["persistence"]] == recipe.warning.baseline_sweep_mph
+    # a lower threshold never warns later: caught-ahead and false alarms fall as the threshold rises
+    ahead = [q["caught_in_advance_fraction"] for q in w["curves"]["model"]]
+    assert ahead == sorted(ahead, reverse=True)
+    assert manifest["warning"] == w["operating_point"] == {"threshold": recipe.warning.threshold,
+                                                          "congested_now": recipe.warning.congested_now}
+    assert w["at_operating_point"]["setting"] == recipe.warning.threshold and "warning_curves.png" in manifest["files"]
+
+
 def test_eval_cli_on_a_csv_reproduces_the_report_and_skips_training_detectors(smoke, data_dir, tmp_path, capsys):
     out = smoke[0]
     report = json.loads((out / "report.json").read_text())
@@ -155,6 +172,11 @@ def test_eval_cli_on_a_csv_reproduces_the_report_and_skips_training_detectors(sm
         report["issue_targets"]["macro_f1"]["detector_bootstrap"]["gain"])
     assert boot["speed_vs_persistence"]["rmse_ci95"] == pytest.approx(
         report["issue_targets"]["rmse_mph"]["detector_bootstrap"]["rmse_ci95"], rel=1e-4)
+    # and the warnings the pole would send, at the operating point the artefact carries, as in the report
+    warn = result["warning_at_operating_point"]
+    assert warn["threshold"] == report["warnings"]["operating_point"]["threshold"]
+    for key in ("caught_fraction", "caught_in_advance_fraction", "false_alarms_per_detector_day"):
+        assert warn[key] == pytest.approx(report["warnings"]["at_operating_point"][key])
 
 
 def test_gate_trips_and_still_writes_the_report(smoke, data_dir, tmp_path, capsys):

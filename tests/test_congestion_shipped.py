@@ -16,7 +16,8 @@ import pytest
 
 from agent.backends.contract import load_contract
 from agent.config import ClassRule, CongestionTaskConfig, OnnxBackendConfig, RuleConfig
-from agent.features.detector import DetectorParams, make_windows
+from agent.features.detector import CONGESTED, DetectorParams, make_windows
+from agent.features.warning import WarningPoint, warning_score
 from agent.payloads import DetectorReading
 from agent.rules import Rule, softmax
 from agent.tasks import load_model
@@ -28,7 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "agent" / "models" / "congestion" / "model.onnx"
 T0 = int(dt.datetime(2012, 3, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)  # row 0: Thursday midnight
 STEP_MS = 300_000
-RULE = RuleConfig(cooldown_s=0, classes={"congested": ClassRule(threshold=0.5)})
+# the shipped model's warning operating point (its manifest's `warning`), as the firmware configs use it
+POINT = WarningPoint.from_dict(json.loads((SHIPPED.parent / "manifest.json").read_text())["warning"])
+RULE = RuleConfig(cooldown_s=0, classes={"congested": ClassRule(threshold=POINT.threshold)})
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,7 @@ def test_agent_raises_the_alerts_the_offline_windows_give_on_real_readings(shipp
         got += task.handle(DetectorReading(det, T0 + row * STEP_MS, float(speeds[row]), 300, None))
 
     # offline: the training side's windows (usual speeds known each day as evaluation builds them),
-    # the model's logits output, the same rule
+    # the model's logits output, the same warning score (congested now counts) and the same rule
     usual = usual_speed_tables(table, p)[..., table.ids.index(det)]
     X, _, _, t = make_windows(speeds, table.time_of_day, table.weekday, p, usual,
                               np.arange(len(speeds)) // p.steps_per_day)
@@ -90,6 +93,7 @@ def test_agent_raises_the_alerts_the_offline_windows_give_on_real_readings(shipp
     logits = ort.InferenceSession(str(SHIPPED)).run(["logits"], {"features": X})[0]
     rule, want = Rule(RULE, manifest["labels"]), []
     for row, probs in zip(start + t, softmax(logits)):
+        probs[CONGESTED] = warning_score(probs[CONGESTED], speeds[row], POINT, p.congested_mph)
         end = T0 + (row + 1) * STEP_MS
         want += [(e.cls, e.end_ms, e.end_ms - e.start_ms, e.confidence)
                  for e in rule.update(probs, end - p.history_steps * STEP_MS, end)]

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from ..backends.contract import ContractError
 from ..config import CongestionTaskConfig
-from ..features.detector import DetectorParams, DetectorParamsError, DetectorProfile, DetectorWindow
+from ..features.detector import CONGESTED, DetectorParams, DetectorParamsError, DetectorProfile, DetectorWindow
+from ..features.warning import WarningPoint, warning_score
 from ..payloads import DetectorReading, PayloadError
 from ..rules import Rule, softmax
 from . import Detection, LoadedModel, check_frontend, dry_run
@@ -60,6 +61,24 @@ class _StepAggregator:
         return out
 
 
+def _warning_point(contract, cfg: CongestionTaskConfig) -> WarningPoint | None:
+    """The warning operating point the artefact carries (None for a model from before it did). The rule's
+    congested threshold is the operator's to set; where it is not the model's point, say so once."""
+    raw = contract.extra.get("warning")
+    if raw is None:
+        return None
+    try:
+        point = WarningPoint.from_dict(raw)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ContractError(f"{contract.model_path}: manifest warning: {e}") from None
+    rule = cfg.rule.classes.get("congested")
+    if rule is not None and rule.threshold != point.threshold:
+        log.warning("tasks.congestion.rule.classes.congested.threshold %g is not the model's warning operating "
+                    "point %g (chosen on its tuning split): warnings will come %s", rule.threshold, point.threshold,
+                    "later and fewer" if rule.threshold > point.threshold else "earlier and more often")
+    return point
+
+
 class CongestionTask:
     kind = "congestion"
     consumes = "detector"
@@ -76,6 +95,7 @@ class CongestionTask:
         self.cfg, self.model = cfg, model
         self.tz = zoneinfo.ZoneInfo(timezone)
         Rule(cfg.rule, contract.labels, "tasks.congestion.rule")
+        self.warning = _warning_point(contract, cfg)
         dry_run(model, np.zeros(self.params.n_features, np.float32))
         self._sensors: dict[str, tuple[DetectorWindow, _StepAggregator, Rule]] = {}
         self.profile_file = profile_file if self.params.uses_profile else None
@@ -87,11 +107,24 @@ class CongestionTask:
             return {}
         try:
             raw = json.loads(self.profile_file.read_text())
-            return {sensor: DetectorProfile.from_dict(self.params, d) for sensor, d in raw["sensors"].items()}
+            sensors = raw["sensors"].items()
         except Exception as e:  # whatever is in the file, a profile is only worth relearning, never a crash
             log.warning("detector profiles %s not usable (%s: %s); learning them again", self.profile_file,
-                        type(e).__name__, e)
+                        type(e).__name__, str(e)[:200])
             return {}
+        out = {}
+        for sensor, d in sensors:  # one bad profile is relearnt; the others are kept
+            try:
+                out[sensor] = DetectorProfile.from_dict(self.params, d)
+            except Exception as e:
+                log.warning("detector profile of %s in %s not usable (%s: %s); learning it again", str(sensor)[:64],
+                            self.profile_file, type(e).__name__, str(e)[:200])
+        return out
+
+    def forget(self, sensor: str) -> None:
+        """The sensor lost its slot (agent.sources.slots): its window, rule and profile go."""
+        self._sensors.pop(sensor, None)
+        self._profiles.pop(sensor, None)
 
     def save_profiles(self) -> None:
         """Write every detector's profile (atomically: a crash leaves the old file or the new one)."""
@@ -132,6 +165,8 @@ class CongestionTask:
             if x is None:
                 continue
             probs = softmax(self.model.backend.run(x[None])[0])
+            if self.warning is not None:  # the artefact's operating point: also warn while congested now
+                probs[CONGESTED] = warning_score(probs[CONGESTED], speed, self.warning, p.congested_mph)
             end_ms = start_ms + p.step_s * 1000
             for ev in rule.update(probs, end_ms - p.history_steps * p.step_s * 1000, end_ms):
                 out.append(Detection(self.kind, r.sensor, ev.cls, ev.confidence, ev.end_ms,

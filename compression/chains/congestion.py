@@ -38,6 +38,7 @@ from .congestion_eval import (EvalSet, Windows, bootstrap_vs_persistence, build_
 from .congestion_recipe import CongestionRecipe
 from .congestion_report import write_artefacts
 from .congestion_stages import gate_failures, per_window_latency, target_results
+from .congestion_warning import warning_report
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -139,8 +140,11 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
         targets["rmse_mph"]["detector_bootstrap"] = {**common, **{k: v for k, v in boot.items() if "rmse" in k}}
         targets["rmse_vs_persistence"]["detector_bootstrap"] = {**common, **{k: v for k, v in boot.items()
                                                                             if "ratio" in k}}
+    warnings = warning_report(recipe, es, stages[shipped]["_logits"])
+    log.info("warnings at P >= %g%s: %s", recipe.warning.threshold, " or congested now" if recipe.warning.congested_now
+             else "", {k: round(v, 3) for k, v in warnings["at_operating_point"].items()})
     report = write_artefacts(
-        recipe=recipe, recipe_path=recipe_path, out=out, ds=ds, stages=stages, baselines=baselines,
+        recipe=recipe, recipe_path=recipe_path, out=out, ds=ds, stages=stages, baselines=baselines, warnings=warnings,
         shipped=shipped, model_file=work / ("student_int8.onnx" if shipped == "student_int8" else "student_fp32.onnx"),
         contract=contract, failures=failures, targets=targets, parity=parity, history=history, int8_note=int8_note,
         calibration=calib, teacher_path=teacher_path, seconds=time.time() - t_start)

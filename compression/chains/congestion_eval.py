@@ -18,9 +18,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from agent.features.detector import STATES, DetectorParams, forget_profile, speed_state
+from agent.features.warning import WarningPoint
 
 from ..datasets import traffic
 from .congestion_metrics import detector_bootstrap, forecast_metrics, rmse_bootstrap, state_grid
+from .congestion_warning import at_operating_point
 
 # (B, n_features) float32 -> (logits (B, 3), speed in mph (B,) or None for a model without a speed head)
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
@@ -180,8 +182,12 @@ def evaluate_congestion(scorer, path: Path, include_training: bool = False) -> d
 
     result = score_with_baselines(predict, es)
     result["evaluation"]["excluded_training_detectors"] = len(table.ids) - len(detectors)
-    result["detector_bootstrap"] = bootstrap_vs_persistence(es, result.pop("logits").argmax(1),
-                                                            result.pop("speed_forecast"))
+    logits = result.pop("logits")
+    point = (getattr(scorer, "manifest", None) or {}).get("warning")
+    if point is not None:  # the warning the pole sends, at the operating point the artefact carries
+        result["warning_at_operating_point"] = {**WarningPoint.from_dict(point).to_dict(),
+                                                **at_operating_point(es, logits, WarningPoint.from_dict(point))}
+    result["detector_bootstrap"] = bootstrap_vs_persistence(es, logits.argmax(1), result.pop("speed_forecast"))
     return result
 
 

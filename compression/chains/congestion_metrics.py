@@ -169,3 +169,36 @@ def rmse_bootstrap(pred_speed: np.ndarray, ref_speed: np.ndarray, y_speed: np.nd
     if max_ratio is not None:
         out["share_within_ratio"] = float((ratio <= max_ratio).mean())
     return out
+
+
+def warning_curve(warn_at: dict, y_state: np.ndarray, det: np.ndarray, t: np.ndarray, states: np.ndarray,
+                  horizon: int, step_s: int, base_state: np.ndarray | None = None, labels: Sequence[str] = ()) -> list:
+    """One point per setting: ``warn_at`` maps a setting (a threshold) to the windows that warn.
+
+    Each point has the warning figures (onsets caught, caught at least a step ahead, false alarms per
+    detector-day) and, given ``base_state`` (the forecast's states) and ``labels``, the macro-F1 of the
+    states with "congested" decided by the warning (a window that does not warn keeps its state, or
+    "slowed" where the forecast said congested)."""
+    points = []
+    for setting, warn in warn_at.items():
+        warn = np.asarray(warn, bool)
+        w = warning_metrics(np.where(warn, CONGESTED, -1), y_state, det, t, states, horizon, step_s)
+        point = {"setting": float(setting), "caught_fraction": w["caught_fraction"],
+                 "caught_in_advance_fraction": w["caught_in_advance_fraction"],
+                 "false_alarms_per_detector_day": w["false_alarms_per_detector_day"],
+                 "mean_lead_min": w["mean_lead_min"], "onsets": w["onsets"]}
+        if base_state is not None:
+            pred = np.where(warn, CONGESTED, np.where(base_state == CONGESTED, CONGESTED - 1, base_state))
+            point["macro_f1"] = classification_report(y_state, pred, list(labels))["macro_f1"]
+        points.append(point)
+    return points
+
+
+def choose_warning_point(curve: list, min_caught: float, max_false_alarms: float) -> dict:
+    """The point with the most onsets caught ahead among those within both bounds; where none is, the
+    one with the most caught ahead within the false-alarm bound (``meets_bounds`` false says so)."""
+    ok = [p for p in curve if p["caught_fraction"] >= min_caught
+          and p["false_alarms_per_detector_day"] <= max_false_alarms]
+    pool = ok or [p for p in curve if p["false_alarms_per_detector_day"] <= max_false_alarms] or curve
+    best = max(pool, key=lambda p: (p["caught_in_advance_fraction"], p["caught_fraction"], p["setting"]))
+    return {**best, "meets_bounds": bool(ok)}

@@ -109,6 +109,30 @@ class TargetsSection(StrictModel):
     rmse_mph: float = Field(5.0, gt=0, description="speed RMSE in mph")
 
 
+class WarningSection(StrictModel):
+    """The congestion warning's operating point (agent/features/warning.py) and how a tuning run picks it."""
+    threshold: float = Field(0.5, gt=0, le=1, description="warn when P(congested at the horizon) reaches this; "
+                                                           "chosen with data.tuning_split=true, never on the "
+                                                           "held-out detectors")
+    congested_now: bool = Field(True, description="also warn while the detector reads congested now")
+    min_caught: float = Field(0.95, ge=0, le=1, description="selection bound: share of jam onsets caught at all")
+    max_false_alarms_per_detector_day: float = Field(0.5, ge=0, description="selection bound: false alarms per "
+                                                                              "detector and day")
+    sweep: list[float] = Field([0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.275, 0.3, 0.35, 0.4,
+                                0.45, 0.5, 0.6, 0.7], min_length=1,
+                               description="thresholds of the model's operating curve")
+    baseline_sweep_mph: list[float] = Field([35.0, 37.5, 40.0, 42.5, 45.0, 47.5, 50.0, 55.0], min_length=1,
+                                            description="speeds under which persistence / the historical average "
+                                                        "warn: their operating curves")
+
+    @field_validator("sweep")
+    @classmethod
+    def _probabilities(cls, v: list[float]) -> list[float]:
+        if any(not 0 < x <= 1 for x in v):
+            raise ValueError("every threshold must be in (0, 1]")
+        return sorted(v)
+
+
 class CongestionRecipe(StrictModel):
     task: Literal["congestion"] = "congestion"
     name: str = Field(description="artefact name, e.g. congestion-mlp")
@@ -126,6 +150,7 @@ class CongestionRecipe(StrictModel):
     budget: BudgetSection = BudgetSection()
     gate: GateSection = GateSection()
     targets: TargetsSection = TargetsSection()
+    warning: WarningSection = WarningSection()
 
     @field_validator("frontend")
     @classmethod

@@ -11,11 +11,12 @@ from agent.features.detector import CONGESTED
 from ..export import stamp_contract
 from ..manifest import sha256_file, sha256_json, write_manifest
 from ..report import _pyplot, plot_confusion, write_json
+from .congestion_warning import plot_warning_curves
 
 LICENCE = "Los-loop speeds (T-GCN release, a subset of METR-LA): licence not stated by the source; research and testing"
 
 
-def write_artefacts(*, recipe, recipe_path, out: Path, ds, stages: dict, baselines: dict, shipped: str,
+def write_artefacts(*, recipe, recipe_path, out: Path, ds, stages: dict, baselines: dict, warnings: dict, shipped: str,
                     model_file: Path, contract: dict, failures: list[str], targets: dict, parity: dict,
                     history: list, int8_note: str, calibration: np.ndarray, teacher_path: Path,
                     seconds: float) -> dict:
@@ -35,7 +36,8 @@ def write_artefacts(*, recipe, recipe_path, out: Path, ds, stages: dict, baselin
         "issue_targets": targets,
         "shipped": {"cpu": shipped, "precision": precision, "int8_decision": int8_note},
         "targets": deploy,
-        "stages": results, "baselines": baselines, "evaluation": evaluation, "onnx_parity": parity,
+        "stages": results, "baselines": baselines, "warnings": warnings, "evaluation": evaluation,
+        "onnx_parity": parity,
         "history": history, "seconds": round(seconds, 1),
         "calibration_windows": {"n": len(calib_ids), "sha256": sha256_json(calib_ids)},
         "data": {"file": ds.speed_file.name, "sha256": sha256_file(ds.speed_file),
@@ -50,6 +52,8 @@ def write_artefacts(*, recipe, recipe_path, out: Path, ds, stages: dict, baselin
                                    out / "metrics_vs_baselines.png", f"{recipe.name}: held-out detectors, last "
                                                                       f"{recipe.data.eval_days} day(s)"))
     files.append(plot_example(ds, stages[shipped], out / "forecast_example.png"))
+    files.append(plot_warning_curves(warnings, out / "warning_curves.png",
+                                     f"{recipe.name}: congestion warnings on the held-out detectors"))
     write_manifest(
         out, stage="compress", files=files,
         inputs={"speed_file": ds.speed_file.name, "speed_file_sha256": sha256_file(ds.speed_file),
@@ -60,6 +64,7 @@ def write_artefacts(*, recipe, recipe_path, out: Path, ds, stages: dict, baselin
                     "calibration_windows": sha256_json(calib_ids)},
         extra={**contract, "window_seconds": float(ds.eval.params.history_steps * ds.eval.params.step_s),
                "targets": deploy, "evaluation": evaluation, "params": s["params"],
+               "warning": warnings["operating_point"],  # the agent's congestion rule warns at this point
                "size_bytes": model_path.stat().st_size,
                "metrics": {k: _headline(v) for k, v in results.items()},
                "baselines": {k: _headline(v) for k, v in baselines.items()},

@@ -1,0 +1,83 @@
+"""Congestion warnings: the operating point shared by the chain, roadside eval and the pole, its curves,
+and how a tuning run picks it. Hand-made series, where every number can be worked out by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.features.detector import CONGESTED, FREE
+from agent.features.warning import WarningPoint, warning_score
+from compression.chains.congestion_metrics import choose_warning_point, warning_curve
+from compression.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _one_detector(row: list[int]):
+    states = np.array(row, np.int64)[:, None]
+    t = np.arange(len(row) - 3)
+    return states, t, np.zeros_like(t), states[t + 3, 0]
+
+
+def test_the_score_is_the_forecast_probability_raised_to_one_while_congested_now():
+    p = np.array([0.1, 0.1, 0.3, 0.1])
+    speed = np.array([60.0, 20.0, 50.0, np.nan])  # free, congested now, slowed, no reading
+    assert warning_score(p, speed, WarningPoint(0.2, congested_now=False), 35.0).tolist() == p.tolist()
+    assert warning_score(p, speed, WarningPoint(0.2, congested_now=True), 35.0).tolist() == [0.1, 1.0, 0.3, 0.1]
+
+
+@pytest.mark.parametrize("bad", [{"threshold": 0.0}, {"threshold": 1.5}, {"threshold": 0.3, "threshhold": 0.2}])
+def test_an_impossible_or_misspelt_operating_point_is_refused(bad):
+    with pytest.raises(ValueError, match="threshold|unknown"):
+        WarningPoint.from_dict(bad)
+
+
+def test_a_lower_threshold_warns_earlier_and_more_often():
+    # free for 20 readings, congested from row 20 to 29; the forecast's probability rises from row 15
+    row = [FREE] * 20 + [CONGESTED] * 10 + [FREE] * 70
+    states, t, det, y = _one_detector(row)
+    p = np.zeros(len(t))
+    p[15:27] = np.linspace(0.1, 0.9, 12)
+    p[60] = 0.3  # a blip far from any congestion: a false alarm at thresholds up to 0.3
+    # P reaches 0.245 at row 17 (15 min before the onset), 0.39 at row 19 (5 min before)
+    curve = warning_curve({th: p >= th for th in (0.2, 0.35, 0.95)}, y, det, t, states, 3, 300)
+    low, mid, high = curve
+    assert (low["caught_in_advance_fraction"], low["false_alarms_per_detector_day"] > 0) == (1.0, True)
+    assert (mid["caught_fraction"], mid["false_alarms_per_detector_day"]) == (1.0, 0.0)
+    assert low["mean_lead_min"] > mid["mean_lead_min"]
+    assert high["caught_fraction"] == 0.0  # never that sure: the jam comes unannounced
+
+
+def test_the_tuning_run_picks_the_earliest_warning_within_both_bounds():
+    curve = [{"setting": 0.1, "caught_fraction": 1.0, "caught_in_advance_fraction": 0.9, "false_alarms_per_detector_day": 2.0},
+             {"setting": 0.2, "caught_fraction": 0.97, "caught_in_advance_fraction": 0.5, "false_alarms_per_detector_day": 0.4},
+             {"setting": 0.3, "caught_fraction": 0.9, "caught_in_advance_fraction": 0.6, "false_alarms_per_detector_day": 0.2},
+             {"setting": 0.5, "caught_fraction": 0.96, "caught_in_advance_fraction": 0.1, "false_alarms_per_detector_day": 0.0}]
+    chosen = choose_warning_point(curve, min_caught=0.95, max_false_alarms=0.5)
+    assert (chosen["setting"], chosen["meets_bounds"]) == (0.2, True)
+    # no point within both: the most caught ahead within the false-alarm bound, and it says so
+    chosen = choose_warning_point(curve, min_caught=0.99, max_false_alarms=0.5)
+    assert (chosen["setting"], chosen["meets_bounds"]) == (0.3, False)
+
+
+def test_the_shipped_model_the_recipe_and_every_firmware_config_warn_at_one_operating_point():
+    """The threshold chosen on the tuning split is in the recipe, travels in the artefact's manifest, and
+    the congestion rule of every shipped device profile uses it for the congested class."""
+    import yaml
+
+    recipe = load_recipe(REPO / "compression" / "recipes" / "congestion.yaml")
+    manifest = json.loads((REPO / "agent" / "models" / "congestion" / "manifest.json").read_text())
+    point = WarningPoint.from_dict(manifest["warning"])
+    assert point == WarningPoint(recipe.warning.threshold, recipe.warning.congested_now)
+    report = json.loads((REPO / "agent" / "models" / "congestion" / "report.json").read_text())
+    assert report["warnings"]["operating_point"] == point.to_dict()
+    profiles = [p for p in sorted((REPO / "firmware_configs").glob("*.yaml"))
+                if "congestion" in (yaml.safe_load(p.read_text()).get("tasks") or {})]
+    assert profiles
+    for path in profiles:
+        rule = yaml.safe_load(path.read_text())["tasks"]["congestion"]["rule"]
+        assert rule["classes"]["congested"]["threshold"] == point.threshold, path.name
