@@ -43,4 +43,7 @@ def mn04_dir(data_dir: Path) -> Path:
     if not (d / "mn04_as_mAP_432.pt").is_file():
         pytest.skip(f"mn04 checkpoint not found in {d}")
     return d
-pytest_plugins = ["agent_fixtures"]  # edge agent fixtures (noise model, brokers)
+
+
+# fixtures by part: the edge agent's (noise model, brokers), the city stack's, the console's
+pytest_plugins = ["agent_fixtures", "fleet_fixtures", "console_fixtures"]
