@@ -252,3 +252,19 @@ class AgentProcess:
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+# UrbanSound8K slices the shipped noise model classifies confidently (end-to-end tests, pole and city side)
+SIREN = ["106905-8-0-0", "106905-8-0-1", "106905-8-0-2", "106905-8-0-3"]
+DOG = ["101415-3-0-2", "101415-3-0-3", "101415-3-0-8"]
+
+
+def clip_folder(data_dir: Path, out: Path, names: list[str]) -> Path:
+    """A folder of symlinks to UrbanSound8K clips, named so that they play in the given order."""
+    out.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        found = sorted((data_dir / "urbansound8k").glob(f"fold*/{name}.flac"))
+        if not found:
+            pytest.skip(f"clip {name} not in {data_dir}")
+        (out / f"{i:03d}-{name}.flac").symlink_to(found[0])
+    return out

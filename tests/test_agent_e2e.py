@@ -13,7 +13,6 @@ import json
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -22,23 +21,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.payloads import AUDIO_HEADER, encode_audio, topic_for
 from agent.sources.replay import replay
-from agent_fixtures import REPO, AgentProcess, Broker, Collector, linear_model, write_agent_config
+from agent_fixtures import (DOG, REPO, SIREN, AgentProcess, Broker, Collector, clip_folder, linear_model,
+                            write_agent_config)
 from upstream_schema import check_upstream
 
-SIREN = ["106905-8-0-0", "106905-8-0-1", "106905-8-0-2", "106905-8-0-3"]
-DOG = ["101415-3-0-2", "101415-3-0-3", "101415-3-0-8"]
 DEVICE = "test-0001"
-
-
-def _clips(data_dir: Path, out: Path, names: list[str]) -> Path:
-    """A folder of symlinks, named so that they play in the given order."""
-    out.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(names):
-        found = sorted((data_dir / "urbansound8k").glob(f"fold*/{name}.flac"))
-        if not found:
-            pytest.skip(f"clip {name} not in {data_dir}")
-        (out / f"{i:03d}-{name}.flac").symlink_to(found[0])
-    return out
 
 
 def _ids(collector: Collector) -> list[str]:
@@ -94,7 +81,7 @@ def test_replayed_clips_yield_alerts_of_the_right_classes(rig, data_dir, tmp_pat
     sensors, city, collector, start_agent = rig
     agent = start_agent()
     collector.wait_for(lambda c: _online(c, 1), 30, "state online")
-    clips = _clips(data_dir, tmp_path / "clips", SIREN + DOG)
+    clips = clip_folder(data_dir, tmp_path / "clips", SIREN + DOG)
 
     replay(sensors.address, DEVICE, clips, rate=4)
     alerts = collector.wait_for(lambda c: [p for p in c.payloads("/alert/noise") if p["c"] == "dog_bark"] and
@@ -116,7 +103,7 @@ def test_city_broker_down_for_20_s_every_message_arrives_once(rig, data_dir, tmp
     sensors, city, collector, start_agent = rig
     start_agent(**{"tasks.noise.rule.cooldown_s": 0})
     collector.wait_for(lambda c: _online(c, 1), 30, "state online")
-    clips = _clips(data_dir, tmp_path / "clips", (SIREN + DOG) * 2)  # 56 s of audio
+    clips = clip_folder(data_dir, tmp_path / "clips", (SIREN + DOG) * 2)  # 56 s of audio
 
     player = threading.Thread(target=replay, args=(sensors.address, DEVICE, clips), kwargs={"rate": 1.6})
     player.start()
@@ -142,7 +129,7 @@ def test_sigkilled_agent_loses_no_stored_alert_and_seq_continues(rig, data_dir, 
     sensors, city, collector, start_agent = rig
     agent = start_agent(**{"tasks.noise.rule.cooldown_s": 0})
     collector.wait_for(lambda c: _online(c, 1), 30, "state online")
-    clips = _clips(data_dir, tmp_path / "clips", SIREN + DOG)
+    clips = clip_folder(data_dir, tmp_path / "clips", SIREN + DOG)
 
     city.stop()  # alerts can only be stored, not sent, when the kill comes
     replay(sensors.address, DEVICE, clips, rate=4)
@@ -198,7 +185,7 @@ def test_10000_malformed_messages_are_counted_and_alerts_still_flow(rig, data_di
                            "tasks.congestion": {"model": str(congestion),
                                                 "rule": {"classes": {"congested": {"threshold": 0.9}}}}})
     collector.wait_for(lambda c: _online(c, 1), 30, "state online")
-    clips = _clips(data_dir, tmp_path / "clips", SIREN + DOG)
+    clips = clip_folder(data_dir, tmp_path / "clips", SIREN + DOG)
     bad = _malformed(DEVICE)
 
     player = threading.Thread(target=replay, args=(sensors.address, DEVICE, clips), kwargs={"rate": 4})

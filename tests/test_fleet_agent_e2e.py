@@ -6,28 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
-
-import pytest
 
 from agent.sources.replay import replay
-from agent_fixtures import AgentProcess, Broker, write_agent_config
+from agent_fixtures import DOG, SIREN, AgentProcess, Broker, clip_folder, write_agent_config
 from fleet_fixtures import device_creds, sql, wait_for
 
 DEVICE = "test-0001"  # firmware_configs/test.yaml
-SIREN = ["106905-8-0-0", "106905-8-0-1", "106905-8-0-2", "106905-8-0-3"]  # slices the noise model classifies
-DOG = ["101415-3-0-2", "101415-3-0-3", "101415-3-0-8"]                   # confidently (as test_agent_e2e)
-
-
-def _clips(data_dir: Path, out: Path, names: list[str]) -> Path:
-    """A folder of symlinks to UrbanSound8K clips, named so that they play in the given order."""
-    out.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(names):
-        found = sorted((data_dir / "urbansound8k").glob(f"fold*/{name}.flac"))
-        if not found:
-            pytest.skip(f"clip {name} not in {data_dir}")
-        (out / f"{i:03d}-{name}.flac").symlink_to(found[0])
-    return out
 
 
 def test_a_real_agent_replaying_clips_lands_its_alerts_in_postgres_once_each(fleet_stack, noise_model, data_dir,
@@ -45,7 +29,7 @@ def test_a_real_agent_replaying_clips_lands_its_alerts_in_postgres_once_each(fle
         assert models["noise"]["sha256"] == hashlib.sha256(noise_model.read_bytes()).hexdigest()
         assert dev["proto"] == "3.1.1" and dev["boot"] == 1  # NATS 2.9 refused MQTT 5; the agent fell back
 
-        replay(sensors.address, DEVICE, _clips(data_dir, tmp_path / "clips", SIREN + DOG), rate=4)
+        replay(sensors.address, DEVICE, clip_folder(data_dir, tmp_path / "clips", SIREN + DOG), rate=4)
         rows = wait_for(lambda: (r := sql(fleet_stack, "SELECT * FROM alerts WHERE device=$1 ORDER BY seq", DEVICE))
                         and {"siren", "dog_bark"} <= {x["class"] for x in r} and r, 60, "siren and dog_bark alerts")
         assert all(r["alert_id"].startswith(f"{DEVICE}:1:") and r["kind"] == "noise" for r in rows)
