@@ -9,6 +9,9 @@ engine. Where a model comes from is recorded beside its numbers (``lineage``):
   shipped model's exact sha256 (so its teacher and other stages are that run's, not a
   guess); the pipelines name them ``teacher.onnx``, ``pruned_fp32.onnx`` / ``student_fp32.onnx``,
   ``int8_cpu.onnx`` / ``student_int8.onnx``, ``int8_tensorrt.onnx``;
+- a teacher committed under ``compression/teachers/weights/`` whose ``teacher.pt`` has the sha256
+  the shipped student's manifest names as its teacher (``teacher.onnx`` beside it is timed), so a
+  fresh clone compares student and teacher without a run folder;
 - for noise, the committed teacher checkpoint exported to ONNX here (needs torch), and the
   INT8 student rebuilt here with ``compression.quantise`` and the shipped recipe's settings
   when no run folder holds one.
@@ -95,6 +98,16 @@ def onnx_params(path: Path) -> int:
                    if not t.name.endswith(("_scale", "_zero_point"))))
 
 
+def committed_teacher(manifest: dict) -> tuple[Path | None, str | None]:
+    """The committed ``teacher.onnx`` whose ``teacher.pt`` is the one the student's manifest names (sha256)."""
+    want = manifest.get("inputs", {}).get("teacher_sha256")
+    for pt in sorted((REPO / "compression" / "teachers" / "weights").glob("*/teacher.pt")):
+        if want and (pt.parent / "teacher.onnx").is_file() and sha256(pt) == want:
+            rel = pt.parent.relative_to(REPO)
+            return pt.parent / "teacher.onnx", f"{rel}/teacher.onnx (its teacher.pt is the shipped model's teacher: sha256 match)"
+    return None, None
+
+
 def _stage_params(report: dict, stage: str) -> int | None:
     return report.get("stages", {}).get(stage, {}).get("params")
 
@@ -115,11 +128,13 @@ def resolve(task: str, variant: str, tmp: Path, calibration: Callable[[], np.nda
     if variant == "teacher_fp32":
         if task == "noise":
             return _noise_teacher(tmp)
-        path = in_run(("teacher.onnx",))
+        path, lineage = in_run(("teacher.onnx",)), from_run
+        if path is None:
+            path, lineage = committed_teacher(manifest)
         if path is None:
             raise Unavailable(f"{task} teacher: no runs/ folder of the shipped model's run with teacher.onnx; "
                               f"rebuild it with `roadside compress --recipe compression/recipes/{task}.yaml`")
-        return Variant("teacher fp32", path, frontend, _stage_params(report, "teacher") or onnx_params(path), from_run)
+        return Variant("teacher fp32", path, frontend, _stage_params(report, "teacher") or onnx_params(path), lineage)
     if variant in ("student_fp32", "student_fp16_trt"):
         path, lineage = (model, "shipped") if precision == "fp32" else (in_run(FP32_NAMES), from_run)
         if path is None:
