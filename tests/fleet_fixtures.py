@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from ops_fixtures import wait_until as wait_for  # noqa: F401  (the fleet tests import it from here)
+
 
 def _need(what: str) -> None:
     if os.environ.get("CI") == "true":
@@ -144,16 +146,6 @@ def sql(stack, query: str, *args) -> list[dict]:
         finally:
             await conn.close()
     return asyncio.run(go())
-
-
-def wait_for(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Pole:
