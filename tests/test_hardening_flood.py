@@ -32,8 +32,7 @@ from PIL import Image
 
 from agent.payloads import topic_for
 from agent.sources.replay import replay
-from agent_fixtures import REPO, AgentProcess, Broker, Collector, write_agent_config
-from test_agent_e2e import DOG, SIREN, _clips
+from agent_fixtures import DOG, REPO, SIREN, AgentProcess, Broker, Collector, clip_folder, write_agent_config
 
 pytestmark = pytest.mark.fault
 DEVICE = "test-0001"
@@ -140,7 +139,7 @@ def _bombs() -> list[tuple[str, bytes]]:
 
 def test_a_flood_does_not_starve_the_configured_microphone_and_bombs_stay_bounded(tmp_path, data_dir, noise_model,
                                                                                  capsys):
-    clips = _clips(data_dir, tmp_path / "clips", SIREN + DOG)
+    clips = clip_folder(data_dir, tmp_path / "clips", SIREN + DOG)
     sensors, city = Broker(tmp_path / "sensors"), Broker(tmp_path / "city")
     collector = Collector(city.port, client_id="flood-collector")
     cfg = write_agent_config(tmp_path / "agent", noise_model, sensors.port, city.port, **{
