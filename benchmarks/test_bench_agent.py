@@ -47,7 +47,7 @@ def stream_messages(data_dir):
 
 def test_audio_streams_one_core_sustains(benchmark, stream_messages, tmp_path):
     from agent.config import load_config
-    from agent.demo import demo_config
+    from roadside_demo.run import demo_config
     from agent.runtime import Agent
     from agent.sources import Message
 
@@ -83,8 +83,8 @@ def test_audio_streams_one_core_sustains(benchmark, stream_messages, tmp_path):
 
 def test_measured_replay_latency_rss_and_bytes_per_day(benchmark, data_dir):
     from agent.config import load_config
-    from agent.demo import run_scene
-    from agent.demo_report import summarise
+    from roadside_demo.run import run_scene
+    from roadside_demo.report import summarise
 
     got = {}
     benchmark.pedantic(lambda: got.update(r=run_scene(REPLAY_S, str(data_dir), say=None,

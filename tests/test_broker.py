@@ -1,4 +1,4 @@
-"""The demo's in-process MQTT 3.1.1 broker (agent.broker), exercised by paho and by the agent's own connection."""
+"""The demo's in-process MQTT 3.1.1 broker (roadside_demo.broker), exercised by paho and by the agent's own connection."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.broker import MqttBroker, topic_matches, valid_filter
 from agent.config import BrokerConfig
 from agent.mqtt import Connection
+from roadside_demo.broker import MqttBroker, topic_matches, valid_filter
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import demo_scene
 from agent.cli import main
 from agent.config import load_config
-from agent.demo_report import energy_mean
+from roadside_demo import scene as demo_scene
+from roadside_demo.report import energy_mean
 
 REPO = Path(__file__).resolve().parents[1]
 

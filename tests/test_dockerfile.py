@@ -4,11 +4,13 @@ What is checked is what the device relies on: a pinned JetPack base chosen by a 
 argument, the agent-only install (no torch, every dependency pinned for the Jetson's
 Python), a non-root user, the state folder as a volume, a HEALTHCHECK that runs the real
 ``roadside health`` command on the file the agent writes by default, and ``roadside agent``
-as the entrypoint. Commands in the file are parsed with the CLI's own parser.
+as the entrypoint, and no development tool in the image (the demo, its MQTT broker, tests, the
+city side). Commands in the file are parsed with the CLI's own parser.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import tomllib
@@ -124,3 +126,49 @@ def test_static_entrypoint_is_roadside_agent(parsed):
     assert entry == ["roadside", "agent"]
     args = build_parser().parse_args(entry[1:] + cmd)
     assert args.command == "agent"
+
+
+DEV_TOOLS = ("roadside_demo", "fleet", "tests", "benchmarks", "scripts", ".ci", "runs")
+NOT_ON_A_POLE = DEV_TOOLS + ("torch", "torchvision", "torch_pruning", "compression.teachers", "compression.pipeline")
+
+
+def _copied(parsed) -> list[Path]:
+    return [Path(s) for a in _all(parsed, "COPY") for s in a.split()[:-1] if not s.startswith("--")]
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Modules a file imports when it is imported (not those imported inside a function)."""
+    names = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_static_image_copies_no_development_tool(parsed):
+    copied = _copied(parsed)
+    assert Path(".") not in copied, "COPY . would put the whole checkout in the image"
+    for src in copied:
+        assert src.parts[0] not in DEV_TOOLS, f"the image copies {src}, a development tool"
+    assert (REPO / "roadside_demo" / "run.py").is_file()  # the demo lives outside agent/ ...
+    assert not list((REPO / "agent").glob("demo*.py")) and not (REPO / "agent" / "broker.py").exists()
+    tree = [p for src in copied if (REPO / src).is_dir() for p in (REPO / src).rglob("*.py")]
+    assert any(p.name == "cli.py" for p in tree)
+    for py in tree:  # ... and nothing the image does copy needs it (or torch, or the city side) to import
+        for name in _module_level_imports(py):
+            assert not name.startswith(NOT_ON_A_POLE), f"{py.relative_to(REPO)} imports {name} at import time"
+
+
+def test_static_demo_says_it_is_not_installed_where_it_is_missing(monkeypatch, capsys):
+    import importlib.util
+
+    from agent.cli import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "roadside_demo"
+                        else find_spec(name, *a))
+    assert main(["demo", "--duration", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "development tool" in err and "pip install -e ." in err

@@ -6,6 +6,7 @@ TensorRT and a GPU (a Jetson with JetPack) and is skipped where ``tensorrt`` is 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,15 +67,37 @@ def test_without_tensorrt_the_backend_is_unavailable_not_broken(tmp_path):
         TensorRTBackend(tmp_path / "model.onnx", tmp_path / "engines")
 
 
-def test_int8_engine_matches_onnxruntime_on_the_gpu(tmp_path):
-    """On a Jetson: the shipped INT8 model through TensorRT agrees with onnxruntime's top-1."""
+SHIPPED = sorted(p.parent.name for p in (REPO / "agent" / "models").glob("*/manifest.json"))
+
+
+def _shipped(task: str) -> Path:
+    """The model the agent runs for ``task`` (the manifest's onnxruntime target)."""
+    manifest = json.loads((REPO / "agent" / "models" / task / "manifest.json").read_text())
+    return REPO / "agent" / "models" / task / manifest["targets"]["onnxruntime"]["file"]
+
+
+@pytest.mark.parametrize("task", SHIPPED)
+def test_the_tensorrt_target_of_every_shipped_model_ships(task):
+    """What ``targets.tensorrt.file`` names is in the folder and listed, with its sha256, in the manifest."""
+    from agent.backends import tensorrt_onnx
+
+    trt_onnx = tensorrt_onnx(_shipped(task))  # a missing, unlisted or altered file is refused here
+    assert trt_onnx.is_file() and trt_onnx.parent == _shipped(task).parent
+
+
+@pytest.mark.parametrize("task", SHIPPED)
+def test_engine_matches_onnxruntime_on_the_gpu(task, tmp_path):
+    """On a Jetson: the model the manifest names for TensorRT agrees with onnxruntime's top-1 on it."""
     pytest.importorskip("tensorrt")
+    from agent.backends import tensorrt_onnx
     from agent.backends.onnx import OnnxBackend
     from agent.backends.tensorrt import TensorRTBackend
 
-    model = REPO / "agent" / "models" / "noise" / "model_trt.onnx"
-    x = np.random.default_rng(0).standard_normal((4, 1, 103, 398)).astype(np.float32)
+    model = tensorrt_onnx(_shipped(task))
+    reference = OnnxBackend(model)
+    shape = [d if isinstance(d, int) else 4 for d in reference.session.get_inputs()[0].shape]  # batch of 4
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     trt_backend = TensorRTBackend(model, tmp_path / "engines")
-    assert (trt_backend(x).argmax(1) == OnnxBackend(model)(x).argmax(1)).mean() >= 0.75
+    assert (trt_backend(x).argmax(1) == reference(x).argmax(1)).mean() >= 0.75
     # second start: the cached engine is reused, not rebuilt
     assert TensorRTBackend(model, tmp_path / "engines").engine_path == trt_backend.engine_path

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from agent.demo import MOSQUITTO
-from agent.demo_scene import AUDIO_ORDER, NOISE_LABELS, SEGMENT_S, _clips, _recordings, build_scene, find_data
+from roadside_demo.run import MOSQUITTO
+from roadside_demo.scene import AUDIO_ORDER, NOISE_LABELS, SEGMENT_S, _clips, _recordings, build_scene, find_data
 
 from ..servers.procs import Proc, free_port, pids_alive, wait_port
 
@@ -78,7 +78,7 @@ class DemoPole:
 
     def _config(self, city_port: int) -> Path:
         from agent.config import load_config
-        from agent.demo import demo_config
+        from roadside_demo.run import demo_config
 
         lat, lon = CENTRE[0] + 0.004 * (self.k - 1), CENTRE[1] + 0.006 * (1 - self.k)
         path, raw, _ = demo_config(self.folder, self.local_port, city_port, {

@@ -1,11 +1,11 @@
 """``roadside demo``: the whole system on one machine, a street scene in, alerts out.
 
 Two MQTT brokers (the pole's and the city's: mosquitto when installed, else the in-process
-``agent.broker``), ``roadside agent`` as a child process with ``firmware_configs/demo.yaml``
+``roadside_demo.broker``), ``roadside agent`` as a child process with ``firmware_configs/demo.yaml``
 and the shipped models (a task is left out when its model is not shipped), and the scene
-(``agent.demo_scene``) replayed to the pole's broker in real time, as the sensors would
+(``roadside_demo.scene``) replayed to the pole's broker in real time, as the sensors would
 send it (``agent.sources.replay``). A subscriber on the city broker prints alerts and level
-summaries as they arrive; at the end, a summary (``agent.demo_report``).
+summaries as they arrive; at the end, a summary (``roadside_demo.report``).
 
 Children are stopped by PID, in order (agent, then brokers), when the scene ends, on Ctrl-C
 and on SIGTERM; a second Ctrl-C during that is ignored so nothing is left half-stopped.
@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,9 +28,11 @@ from typing import Callable
 
 import yaml
 
+from fleet.servers.procs import free_port, wait_port
+
 from .broker import MqttBroker
-from .demo_report import DemoResult, alert_line, format_summary, summarise
-from .demo_scene import REPO, Scene, build_scene, find_data
+from .report import DemoResult, alert_line, format_summary, summarise
+from .scene import REPO, Scene, build_scene, find_data
 
 DEFAULT_DURATION = 45.0
 CONFIG = REPO / "firmware_configs" / "demo.yaml"
@@ -42,12 +43,6 @@ Say = Callable[[str], None]
 
 # ---------------------------------------------------------------------------- brokers
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Mosquitto:
     """mosquitto on 127.0.0.1 as a child process (no persistence), stopped by its PID."""
 
@@ -55,35 +50,32 @@ class Mosquitto:
 
     def __init__(self, folder: Path, timeout: float = 10.0):
         folder.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
+        self.log = folder / "mosquitto.log"
         conf = folder / "mosquitto.conf"
         # As root, mosquitto would switch to user "mosquitto", which cannot write the log here.
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        f"log_dest file {folder}/mosquitto.log\nuser {getpass.getuser()}\n")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}; see {folder}/mosquitto.log")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"mosquitto did not accept connections on port {self.port}") from None
-                time.sleep(0.05)
+                        f"log_dest file {self.log}\nuser {getpass.getuser()}\n")
+        self.popen = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self.pid = self.popen.pid
+        try:
+            wait_port(self.port, timeout, self, "mosquitto")
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.alive():
             os.kill(self.pid, signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.popen.wait(10)
             except subprocess.TimeoutExpired:
                 os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(10)
+                self.popen.wait(10)
 
 
 class InProcessBroker(MqttBroker):
@@ -215,7 +207,7 @@ def demo_config(work: Path, sensors_port: int, city_port: int, overrides: dict |
 
     Returns (path, the config as a dict, {task left out: why}).
     """
-    from .config import load_config
+    from agent.config import load_config
 
     if not CONFIG.is_file():
         raise FileNotFoundError(f"{CONFIG} not found: roadside demo runs from a clone of the repository")
@@ -273,7 +265,7 @@ def _describe(raw: dict, skipped: dict[str, str], scene: Scene, root: Path | Non
 def run_scene(duration: float, data: str | None = None, broker: str = "auto", say: Say | None = print,
               overrides: dict | None = None) -> tuple[DemoResult, dict]:
     """Brokers, agent, replay, subscriber; returns what was seen upstream and the config used."""
-    from .sources.replay import replay
+    from agent.sources.replay import replay
 
     if not duration > 0:
         raise ValueError(f"--duration must be positive, got {duration}")

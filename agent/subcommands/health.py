@@ -1,0 +1,24 @@
+"""``roadside health``: exit 0 when the agent's health file is fresh and healthy (a container HEALTHCHECK)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+ORDER = 80
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    hc = sub.add_parser("health", help="exit 0 if the agent's health file is fresh and healthy, else 1 "
+                                       "(a container HEALTHCHECK)")
+    hc.add_argument("--file", required=True, help="the agent's health file (default {state_dir}/health.json)")
+    hc.add_argument("--max-age", type=float, help="seconds (default: 3 heartbeat periods + 5 s)")
+    hc.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..health import check_health_file
+
+    ok, why = check_health_file(args.file, args.max_age)
+    print(why, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
