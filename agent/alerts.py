@@ -13,6 +13,9 @@ m metrics; mn, mv model name and version (shed, after the metrics, if an alert w
 ids would exceed the limit); ms the model's sha256 (first 16 hex; the full
 hash is in the retained state message); ch config hash (first 16 hex); "r":1 is appended
 when the message is sent from the backlog after an outage or restart (replayed).
+
+A shadow report (``encode_shadow``, topic ``shadow``) shares the envelope (v, id, ts) and the
+same 256-byte bound; its fields are in docs/rollouts.md.
 """
 
 from __future__ import annotations
@@ -99,6 +102,30 @@ def encode_summary(origin: Origin, seq: int, *, ts_ms: int, synced: bool, sensor
         "l10": _num(l10, 1), "l90": _num(l90, 1), "lim": _num(limit_db, 1) if limit_db is not None else None,
         "per": period, "ch": origin.config_hash,
     })
+
+
+SHADOW_KEYS = ("k", "cs", "as", "n", "sk", "agr", "cf", "acf", "div", "p95", "err", "end")
+
+
+def encode_shadow(origin: Origin, seq: int, *, ts_ms: int, report: dict[str, Any]) -> bytes:
+    """A shadow report (docs/rollouts.md): the alert envelope's v, id, ts, then the comparison's figures.
+
+    Over budget (only with the longest ids, seq numbers and counts together): the ratios go to 2
+    decimals and the latencies to whole ms, then ``as`` is shed (the state message names the active model).
+    """
+    d: dict[str, Any] = {"v": SCHEMA_VERSION, "id": message_id(origin, seq), "ts": int(ts_ms)}
+    d.update((k, report[k]) for k in SHADOW_KEYS)  # exactly the contract's keys, in its order
+    out = _dump(d)
+    if len(out) > MAX_STORED_BYTES:
+        d.update({k: _num(d[k], 2) for k in ("agr", "cf", "acf", "div")},
+                 p95=[None if x is None else _num(x, 0) for x in d["p95"]])
+        out = _dump(d)
+    if len(out) > MAX_STORED_BYTES:
+        d.pop("as")
+        out = _dump(d)
+    if len(out) > MAX_STORED_BYTES:  # never sent cut: the outbox counts it as too large
+        raise AlertTooLarge(f"shadow report {d['id']} is {len(out)} bytes (limit {MAX_STORED_BYTES})")
+    return out
 
 
 def mark_replayed(payload: bytes) -> bytes:

@@ -11,7 +11,8 @@ receipt. Reasons in ``AFTER_DECODE`` are counted later (per task or per stored m
 once the queue is empty: sum(rx) == sum(ok) + sum(bad) - bad.topic - sum(bad[AFTER_DECODE]).
 
 Each task's inference calls are timed (``timed``): windows processed and p50/p95 latency over
-the last ``LATENCY_SAMPLES`` windows go into the heartbeat, with CPU and RSS of the process.
+the last ``LATENCY_SAMPLES`` windows go into the heartbeat, with CPU and RSS of the process
+(and, while a candidate model shadows a task, its figures: ``agent.shadow``).
 The heartbeat is also written to a local file for the container healthcheck
 (``roadside health --file``), stamped with the monotonic clock so that a wall-clock jump
 neither hides a hung agent nor fakes one.
@@ -74,6 +75,9 @@ class Health:
         self.tasks: dict[str, TaskStats] = {}
         self._last_log: dict[str, float] = {}
         self._unlogged: Counter[str] = Counter()
+        # (task, model input, model output, ms) after every timed window: shadow mode (agent.shadow) scores
+        # a candidate on the very same input here, so no task needs to know about it. Must not raise.
+        self.tap: Callable[[str, object, object, float], None] | None = None
 
     def count(self, what: str, n: int = 1) -> None:
         with self._lock:
@@ -94,7 +98,11 @@ class Health:
         def timed_run(x):
             t0 = time.perf_counter()
             out = run(x)
-            stats.add((time.perf_counter() - t0) * 1000.0)
+            ms = (time.perf_counter() - t0) * 1000.0
+            stats.add(ms)
+            tap = self.tap
+            if tap is not None:
+                tap(task, x, out, ms)
             return out
 
         return timed_run

@@ -1,5 +1,7 @@
 """Durable outbox: every alert and summary is in SQLite (WAL) before it is published.
 
+Shadow reports (``agent.shadow``) are stored as summaries: evicted first, never at an alert's cost.
+
 A row leaves the table only when the city broker acknowledged it (PUBACK) or when the
 store is over its byte bounds: above ``max_bytes`` of payload the oldest summaries go
 first; alerts go only above ``hard_cap_bytes``, oldest first, and each one dropped is

@@ -7,7 +7,8 @@ connection is made, so a bad model or an unwritable state folder stops the agent
 with a message naming the key. SIGTERM and SIGINT stop it cleanly (state "offline"
 published, queued input drained up to a second); SIGKILL or power loss lose no stored
 alert (the outbox), only sensor input not yet windowed. SIGHUP and ``cmd/reload`` reload
-the config (``agent.reload``); ``cmd/model`` installs a signed model (``agent.updates``).
+the config (``agent.reload``); ``cmd/model`` installs a signed model (``agent.updates``);
+``cmd/shadow``, ``cmd/promote``, ``cmd/abort`` run a candidate beside it (``agent.shadow``).
 The worker reads ``self.taskset`` once per message and a swap replaces it in one
 assignment, so a message is handled wholly by the old tasks or wholly by the new ones.
 """
@@ -26,12 +27,13 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, taskset
-from .alerts import AlertTooLarge, Origin, encode_alert, encode_summary, message_id
+from .alerts import AlertTooLarge, Origin, encode_alert, encode_shadow, encode_summary, message_id
 from .commands import Commands
 from .config import AgentConfig, config_hash, preflight, resolve, resolve_files, resolve_local
 from .health import Health, ProcessStats, clock_synced, heartbeat, write_health_file
 from .outbox import ALERT, SUMMARY, Outbox, OutboxError
 from .payloads import PayloadError, decode_audio, decode_camera, decode_detector
+from .shadow import Shadows, decide, start_shadow
 from .sources import Message, SourceContext, create_source
 from .sources.fairqueue import FairQueue
 from .sources.slots import SensorSlots
@@ -79,6 +81,10 @@ class Agent:
         self.uplink = Uplink(self.rcfg.uplink, dev.site, dev.id, self.outbox, state, self.origin.boot,
                              on_command=self.commands.submit)
         self.commands.publish = self.uplink.publish_ack
+        # candidate models beside the active ones (cmd/shadow): fed every timed window by the health tap
+        self.shadows = Shadows(lambda name: self.taskset.named.get(name), self.store_shadow,
+                               lambda: self.uplink.update_state(shadow=self.shadows.state() or None))
+        self.health.tap = self.shadows.observe
         self.slots = SensorSlots(dev)  # which sensors keep state; listed ones always (agent.sources.slots)
         self._sensors = self.slots.held  # kind -> sensors with state (bounded: device.max_sensors)
         self.queue = FairQueue(max([getattr(s, "queue_max", QUEUE_MAX) for s in cfg.sources]),
@@ -214,10 +220,34 @@ class Agent:
         self.uplink.notify()
         return 1
 
+    def store_shadow(self, report: dict) -> None:
+        """A shadow report into the outbox (topic ``shadow``), evicted like a summary (docs/rollouts.md)."""
+        o = self.origin
+        try:
+            self.outbox.put(SUMMARY, "shadow", lambda seq: encode_shadow(o, seq, ts_ms=int(time.time() * 1000),
+                                                                        report=report))
+            self.health.count("shadow_reports")
+        except AlertTooLarge as e:
+            self.health.drop("alert_too_large", str(e))
+            return
+        except (sqlite3.Error, OutboxError, OSError) as e:
+            self.health.drop("outbox_error", f"{type(e).__name__}: {e}")
+            return
+        self.uplink.notify()
+
     # ---------------------------------------------------------------------- commands
 
     def cmd_model(self, cmd) -> dict:
         return apply_update(self, cmd)
+
+    def cmd_shadow(self, cmd) -> dict:
+        return start_shadow(self, cmd)
+
+    def cmd_promote(self, cmd) -> dict:
+        return decide(self, cmd, "promote")
+
+    def cmd_abort(self, cmd) -> dict:
+        return decide(self, cmd, "abort")
 
     def cmd_reload(self, cmd) -> dict:
         from .reload import reload
@@ -278,6 +308,10 @@ class Agent:
                  "boot": self.origin.boot, "ch": self.origin.config_hash,
                  "models": {name: m["sha256"][:16] for name, m in self.taskset.models.items()},
                  **self.process_stats.snapshot()}
+        self.shadows.tick()  # a shadow whose minutes ran out ends even if no window came
+        shadow = self.shadows.health()
+        if shadow:
+            extra["shadow"] = shadow
         beat = heartbeat(self.health, extra)
         up.publish_live("health", json.dumps(beat, separators=(",", ":")).encode())
         try:

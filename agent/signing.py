@@ -236,3 +236,16 @@ def verify_bytes(data: bytes, sig_b64: str | None, public_keys: Iterable[Ed25519
 def rollback_message(task: str, from_release: int, sha256: str) -> bytes:
     """What an operator signs to allow going back from release ``from_release`` to the model ``sha256``."""
     return f"roadside-rollback/1 task={task} from={int(from_release)} to={sha256.lower()}".encode()
+
+
+SHADOW_ACTIONS = ("promote", "abort")
+
+
+def shadow_message(action: str, task: str, sha256: str) -> bytes:
+    """What an operator signs to ``promote`` or ``abort`` the candidate model ``sha256`` shadowing on ``task``.
+
+    The action is part of the message so that an abort signature can never be replayed as a promote.
+    """
+    if action not in SHADOW_ACTIONS:
+        raise ValueError(f"shadow action {action!r}: one of {SHADOW_ACTIONS}")
+    return f"roadside-shadow:{action}:{task}:{sha256}".encode()

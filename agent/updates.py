@@ -20,6 +20,10 @@ written before the signature verifies, nothing loaded before step 3 passes:
 5. persist (``active.json``: current, previous, the configured model it replaces, the
    highest release applied), then swap (one reference assignment in the runtime) and answer.
 
+``cmd/shadow`` (``agent.shadow``) runs steps 1-4 unchanged (``stage_update``, ``load_staged``;
+never with a rollback) and keeps the task beside the active one; a signed ``cmd/promote`` then
+runs step 5 (``activate``) on it, so a promotion records its release like any update.
+
 Installed versions live in ``{state_dir}/models/{task}/{sha16}/``. At start the agent tries
 the current one, then the previous one (each verified again), then the configured model;
 an update applies only while the config names the same model it replaced, so a config
@@ -32,6 +36,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -173,18 +178,29 @@ class ModelStore:
 
 # ------------------------------------------------------------------------ the command
 
-def apply_update(agent, cmd) -> dict:
-    """``cmd/model``: the steps in the module docstring; the outcome for the ack, or ``Refused``."""
+@dataclass
+class Staged:
+    """A verified bundle unpacked into the store, its release allowed, not yet loaded."""
+
+    task: str
+    folder: Path
+    verified: Verified
+    path: Path  # the model file
+    sha: str  # the model file's sha256
+    release: int
+
+
+def stage_update(agent, cmd) -> Staged | dict:
+    """Steps 1-3 (fetch, verify, unpack, release): a ``Staged``, the ``unchanged`` answer, or ``Refused``.
+
+    Shared by ``cmd/model`` and ``cmd/shadow`` (agent.shadow), so a candidate is checked exactly as an update.
+    """
     from .commands import Refused
-    from .config import resolve
-    from .tasks import SmokeTestError
-    from .taskset import build_task, instrument, model_info
 
     cfg = agent.rcfg
     if cfg.updates is None:
         raise Refused("model updates are off: the config has no updates.trusted_keys", "config")
-    tcfg = getattr(cfg.tasks, cmd.task)
-    if tcfg is None:
+    if cfg.tasks.get(cmd.task) is None:
         raise Refused(f"task {cmd.task!r} is not configured on this device", "config")
     u = cfg.updates
     try:
@@ -193,9 +209,8 @@ def apply_update(agent, cmd) -> dict:
     except UpdateError as e:
         raise Refused(str(e), e.stage) from None
     path = folder / model_file(verified.manifest)
-    running = agent.taskset.models.get(cmd.task, {})
     sha = verified.manifest["files"][path.name]["sha256"]
-    if running.get("sha256") == sha:
+    if agent.taskset.models.get(cmd.task, {}).get("sha256") == sha:
         agent.installed.discard(cmd.task, folder)
         return {"status": "unchanged", "model": {"task": cmd.task, "sha256": sha}}
     try:
@@ -203,24 +218,57 @@ def apply_update(agent, cmd) -> dict:
     except Refused:
         agent.installed.discard(cmd.task, folder)
         raise
+    return Staged(cmd.task, folder, verified, path, sha, release)
+
+
+def load_staged(agent, st: Staged):
+    """Step 4: the task built beside the running one, or ``Refused`` (``rolled_back``) with the folder discarded."""
+    from .commands import Refused
+    from .tasks import SmokeTestError
+    from .taskset import build_task
+
     try:  # beside the running model, which keeps serving meanwhile
-        task = build_task(cmd.task, cfg, path, agent.cache_dir)
+        return build_task(st.task, agent.rcfg, st.path, agent.cache_dir)
     except Exception as e:
-        agent.installed.discard(cmd.task, folder)
+        agent.installed.discard(st.task, st.folder)
         stage = "smoke" if isinstance(e, SmokeTestError) else "load"
         raise Refused(f"{stage}: {type(e).__name__}: {e}; the running model is unchanged", stage,
                       status="rolled_back") from None
-    configured = resolve(tcfg.model, agent.config_path)
+
+
+def activate(agent, st: Staged, task) -> dict:
+    """Step 5: record the version (and its release), swap it in, the ``applied`` answer. An applied update
+    and a promoted shadow candidate (agent.shadow) both end here, so a promotion is an update in every respect."""
+    from .commands import Refused
+    from .config import resolve
+    from .taskset import instrument, model_info
+
+    cfg = agent.rcfg
+    tcfg = cfg.tasks.get(st.task)
+    if tcfg is None:  # a reload removed the task since the candidate was staged
+        raise Refused(f"task {st.task!r} is not configured on this device", "config")
     try:
-        agent.installed.activate(cmd.task, folder, configured, release)
+        agent.installed.activate(st.task, st.folder, resolve(tcfg.model, agent.config_path), st.release)
     except OSError as e:
-        agent.installed.discard(cmd.task, folder)
+        agent.installed.discard(st.task, st.folder)
         raise Refused(f"install: cannot record the new version ({e.strerror or e})", "install") from None
-    info = model_info(instrument(cmd.task, task, agent.health), f"update:{folder.name}")
-    agent.swap(agent.taskset.with_task(cmd.task, task, info, (tcfg, str(path), cfg.audio, cfg.device.timezone)))
-    log.info("task %s: now %s (%s, signed by key %s)", cmd.task, path, sha[:12], verified.key_id)
-    return {"status": "applied", "model": {"task": cmd.task, "sha256": sha, "version": info["version"],
-                                           "release": release, "key": verified.key_id}}
+    info = model_info(instrument(st.task, task, agent.health), f"update:{st.folder.name}")
+    agent.swap(agent.taskset.with_task(st.task, task, info, (tcfg, str(st.path), cfg.audio, cfg.device.timezone)))
+    log.info("task %s: now %s (%s, signed by key %s)", st.task, st.path, st.sha[:12], st.verified.key_id)
+    return {"status": "applied", "model": {"task": st.task, "sha256": st.sha, "version": info["version"],
+                                           "release": st.release, "key": st.verified.key_id}}
+
+
+def apply_update(agent, cmd) -> dict:
+    """``cmd/model``: the steps in the module docstring; the outcome for the ack, or ``Refused``."""
+    st = stage_update(agent, cmd)
+    if isinstance(st, dict):
+        return st
+    out = activate(agent, st, load_staged(agent, st))
+    shadows = getattr(agent, "shadows", None)
+    if shadows is not None:  # a candidate was judged against the model just replaced: its figures mean nothing now
+        shadows.drop(cmd.task, "a model update replaced the active model", agent.installed)
+    return out
 
 
 def check_release(store: ModelStore, cmd, manifest: dict, sha: str) -> int:
@@ -234,7 +282,7 @@ def check_release(store: ModelStore, cmd, manifest: dict, sha: str) -> int:
     highest = store.highest(cmd.task)
     if release > highest:
         return release
-    if cmd.rollback is None:
+    if getattr(cmd, "rollback", None) is None:  # cmd/shadow never carries one
         raise Refused(f"release {release} is not newer than release {highest} already applied: an older model "
                       f"needs a signed rollback permission (rollback)", "verify")
     try:

@@ -1,9 +1,10 @@
 """The city uplink: the outbox pumped to the city broker, QoS 1, removed on PUBACK.
 
-Topics under ``{prefix}/{site}/{device}/``: ``alert/{kind}`` and ``summary`` (from the
-outbox, QoS 1), ``health`` (QoS 0, not stored: the next one supersedes it) and ``state``
-(retained; ``online`` on every connect and after a model swap or reload, ``offline`` on a
-clean stop, and the last will sets it ``offline`` when the device vanishes). Commands come
+Topics under ``{prefix}/{site}/{device}/``: ``alert/{kind}``, ``summary`` and ``shadow`` (a
+candidate model's reports, agent.shadow), all from the outbox, QoS 1; ``health`` (QoS 0, not
+stored: the next one supersedes it) and ``state`` (retained; ``online`` on every connect and
+after a model swap or reload, ``offline`` on a clean stop, and the last will sets it
+``offline`` when the device vanishes). Commands come
 in on ``cmd/{name}`` and are answered on ``cmd/{name}/ack`` (QoS 1; held in memory while
 offline); a retained command is ignored, so no stale command runs again at every connect.
 
@@ -98,8 +99,10 @@ class Uplink:
             self.bytes_sent += len(payload)
 
     def update_state(self, **changes) -> None:
-        """New models or config: the retained state message is sent again."""
-        self._state = {**self._state, **changes}
+        """New models or config: the retained state message is sent again. A key set to None is removed
+        (a shadow candidate gone: ``shadow`` is in the state only while one is installed)."""
+        merged = {**self._state, **changes}
+        self._state = {k: v for k, v in merged.items() if v is not None}
         if self.conn.connected.is_set():
             self._publish_birth()
 

@@ -22,7 +22,7 @@ SIGNATURES = {b"RS\x01": "audio chunk", b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PN
 B64_SIGNATURES = {"UlMB": "audio chunk", "/9j/": "JPEG", "iVBORw0KGgo": "PNG", "UklGR": "WAV", "ZkxhQw": "FLAC",
                   "T2dnUw": "Ogg"}
 LONG_RUN = re.compile(rb"[A-Za-z0-9+/=]{100,}")  # 64-hex hashes are fine; a blob is not
-MAX_BYTES = {"alert": 256, "summary": 256, "health": 2048, "state": 2048, "ack": 1024}
+MAX_BYTES = {"alert": 256, "summary": 256, "shadow": 256, "health": 2048, "state": 2048, "ack": 1024}
 
 
 class Wire(BaseModel):
@@ -65,6 +65,39 @@ class Summary(Wire):
     r: Literal[1] | None = None
 
 
+class Shadow(Wire):
+    """A candidate model's comparison report (docs/rollouts.md): figures only, never a window's data."""
+    v: Literal[1]
+    id: str = Field(pattern=ID)
+    ts: int
+    k: Literal["noise", "vehicles", "congestion"]
+    cs: str = Field(pattern=HEX16)
+    as_: str | None = Field(None, alias="as", pattern=HEX16)
+    n: int = Field(ge=0)
+    sk: int = Field(ge=0)
+    agr: float | int | None = Field(ge=0, le=1)
+    cf: float | int | None = Field(ge=0, le=1)
+    acf: float | int | None = Field(ge=0, le=1)
+    div: float | int | None = Field(ge=0, le=1)
+    p95: list[float | int | None] = Field(min_length=2, max_length=2)
+    err: int = Field(ge=0)
+    end: Literal[0, 1]
+    r: Literal[1] | None = None
+
+
+class ShadowHealth(Wire):
+    n: int
+    sk: int
+    cpu_ms: float | int
+    rss_mb: float | int
+
+
+class ShadowState(Wire):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    release: int
+    n: int
+
+
 class TaskStats(Wire):
     windows: int
     p50_ms: float | None = None
@@ -94,6 +127,7 @@ class Health(Wire):
     models: dict[str, str]
     cpu: Cpu
     rss_mb: float | int
+    shadow: dict[str, ShadowHealth] | None = None
 
 
 class ModelState(Wire):
@@ -114,12 +148,14 @@ class State(Wire):
     ch: str | None = Field(None, pattern=HEX16)
     models: dict[str, ModelState] | None = None
     proto: Literal["5", "3.1.1"] | None = None
+    shadow: dict[str, ShadowState] | None = None
 
 
 class AckModel(Wire):
     task: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     version: str | None = None
+    release: int | None = None
     key: str | None = Field(None, pattern=HEX16)
 
 
@@ -130,7 +166,7 @@ class Ack(Wire):
     ts: int
     ch: str = Field(pattern=HEX16)
     ok: bool
-    status: Literal["applied", "unchanged", "refused", "rolled_back"]
+    status: Literal["applied", "unchanged", "refused", "rolled_back", "shadowing", "aborted"]
     stage: str | None = None
     reason: str | None = Field(None, max_length=400)
     s: float | int | None = None
@@ -144,12 +180,12 @@ def kind_of(topic: str) -> str:
         return "alert"
     if parts[-1] == "ack" and parts[-3] == "cmd":
         return "ack"
-    if parts[-1] in ("summary", "health", "state"):
+    if parts[-1] in ("summary", "shadow", "health", "state"):
         return parts[-1]
     raise AssertionError(f"unexpected upstream topic {topic!r}")
 
 
-SCHEMAS = {"alert": Alert, "summary": Summary, "health": Health, "state": State, "ack": Ack}
+SCHEMAS = {"alert": Alert, "summary": Summary, "shadow": Shadow, "health": Health, "state": State, "ack": Ack}
 
 
 def check_upstream(topic: str, payload: bytes) -> str:
