@@ -254,7 +254,7 @@ def _verify_config(folder: Path, index: dict) -> Path:
     if cfg.device.id != index["device"]:
         raise BundleError(f"{path}: device.id {cfg.device.id!r}, the signed {INDEX} says {index['device']!r}")
     for task, entry in index["models"].items():
-        tcfg = getattr(cfg.tasks, task, None)
+        tcfg = cfg.tasks.get(task)
         expected = folder / "models" / task / entry["file"]
         if tcfg is None or resolve(tcfg.model, path).resolve() != expected.resolve():
             raise BundleError(f"{path}: tasks.{task}.model does not name the bundle's {expected}")

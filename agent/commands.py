@@ -11,7 +11,8 @@ run twice; the same id with other bytes is another command)::
 
 status: ``applied``, ``unchanged`` (already running that), ``refused`` (nothing was loaded),
 ``rolled_back`` (the new model failed to load or its smoke inference; the old one never
-stopped). Commands run one at a time on their own thread, never on the MQTT thread.
+stopped); for ``shadow``/``promote``/``abort`` also ``shadowing`` and ``aborted``
+(docs/rollouts.md). Commands run one at a time on their own thread, never on the MQTT thread.
 Who may send them is the broker's ACL (docs/mqtt.md); model bundles and reload texts are
 also signed (agent.signing), so a compromised broker cannot change what runs. Reasons name
 files in the state folder as ``{state_dir}/...``, never by their absolute path.
@@ -26,9 +27,9 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .schema import StrictModel, format_errors
 
@@ -41,20 +42,58 @@ MAX_PAYLOAD = 128 << 20  # an inline bundle at the default updates.max_bundle_by
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
-class ModelCommand(StrictModel):
+def _model_task(name: str) -> str:
+    from .tasks.registry import model_tasks
+
+    if name not in model_tasks():
+        raise ValueError(f"unknown task {name!r} (tasks with a model: {model_tasks()})")
+    return name
+
+
+class _BundleCommand(StrictModel):
+    """A signed bundle, inline or by url: what ``cmd/model`` and ``cmd/shadow`` carry."""
+
     id: str = Field(pattern=ID_PATTERN, description="echoed in the ack; a repeated id is answered, not re-run")
-    task: Literal["noise", "vehicles", "congestion"]
+    task: str = Field(description="a task that runs a model (agent.tasks.registry)")
     bundle: str | None = Field(None, description="the bundle (tar), base64")
     url: str | None = Field(None, description="http(s) address of the bundle")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="the bundle's sha256 (with url)")
-    rollback: str | None = Field(None, max_length=200, description="base64 Ed25519 signature allowing this older "
-                                 "release (agent.signing.rollback_message): without it an older release is refused")
+
+    _task = field_validator("task")(classmethod(lambda cls, v: _model_task(v)))
 
     @model_validator(mode="after")
     def _one_source(self):
         if (self.bundle is None) == (self.url is None):
             raise ValueError("exactly one of bundle (inline, base64) or url")
         return self
+
+
+class ModelCommand(_BundleCommand):
+    rollback: str | None = Field(None, max_length=200, description="base64 Ed25519 signature allowing this older "
+                                 "release (agent.signing.rollback_message): without it an older release is refused")
+
+
+class ShadowCommand(_BundleCommand):
+    """``cmd/shadow`` (docs/rollouts.md): a candidate scored beside the active model; never a rollback."""
+
+    windows: int | None = Field(None, ge=1, le=1_000_000, description="stop after this many compared windows "
+                                "(capped by updates.shadow.max_windows; absent: that cap)")
+    minutes: float | None = Field(None, gt=0, le=10_080, description="stop after this long (capped by "
+                                  "updates.shadow.max_minutes; absent: that cap)")
+    report_every: int = Field(100, ge=1, le=1_000_000, description="a shadow report every this many compared "
+                              "windows (raised to updates.shadow.min_report_every), and one at the end")
+
+
+class ShadowDecision(StrictModel):
+    """``cmd/promote`` and ``cmd/abort``: signed by an operator, naming the candidate model exactly."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    task: str = Field(description="a task that runs a model (agent.tasks.registry)")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="the candidate's model file sha256")
+    sig: str | None = Field(None, max_length=200, description="base64 Ed25519 signature of "
+                            "agent.signing.shadow_message(action, task, sha256) by a key in updates.trusted_keys")
+
+    _task = field_validator("task")(classmethod(lambda cls, v: _model_task(v)))
 
 
 class ReloadCommand(StrictModel):
@@ -64,7 +103,8 @@ class ReloadCommand(StrictModel):
                             "bytes by a key in updates.trusted_keys (required with config)")
 
 
-COMMANDS: dict[str, type[StrictModel]] = {"model": ModelCommand, "reload": ReloadCommand}
+COMMANDS: dict[str, type[StrictModel]] = {"model": ModelCommand, "reload": ReloadCommand, "shadow": ShadowCommand,
+                                           "promote": ShadowDecision, "abort": ShadowDecision}
 
 
 class Refused(Exception):

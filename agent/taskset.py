@@ -21,29 +21,25 @@ from typing import Any, Callable
 
 from .config import AgentConfig, resolve
 from .health import Health
-from .tasks import load_model, smoke_test
-from .tasks.congestion import CongestionTask
-from .tasks.level import LevelTask
-from .tasks.noise import NoiseTask
-from .tasks.vehicles import VehiclesTask
+from .tasks import load_model, registry, smoke_test
+from .tasks.registry import TaskContext, TaskSpec
 
 log = logging.getLogger("roadside.tasks")
-TASKS = {"noise": NoiseTask, "vehicles": VehiclesTask, "congestion": CongestionTask}
 # (model path, where it came from: "config" or "update:<dir>")
 Candidates = Callable[[str, Path], list[tuple[Path, str]]]
 
 
 @dataclass(frozen=True)
 class TaskSet:
-    named: dict[str, Any]  # task name ("noise", ..., "level") -> task object
+    named: dict[str, Any]  # task name (agent.tasks.registry) -> task object
     models: dict[str, dict]  # task name -> what the state message says about its model
     built_from: dict[str, tuple]  # task name -> (task config, model path, audio, timezone): reuse key
 
     @cached_property
     def by_input(self) -> dict[str, list]:
-        out: dict[str, list] = {"audio": [], "camera": [], "detector": []}
+        out: dict[str, list] = {}
         for task in self.named.values():
-            out[task.consumes].append(task)
+            out.setdefault(task.consumes, []).append(task)
         return out
 
     def with_task(self, name: str, task: Any, info: dict, key: tuple) -> "TaskSet":
@@ -60,14 +56,16 @@ def model_info(task: Any, src: str) -> dict:
     return info
 
 
+def context(cfg: AgentConfig, cache_dir: Path) -> TaskContext:
+    # cache_dir is {state_dir}/engines: what a task learns lives beside it
+    return TaskContext(cfg.audio.sample_rate, cfg.device.timezone, cache_dir.parent)
+
+
 def build_task(name: str, cfg: AgentConfig, model_path: Path, cache_dir: Path) -> Any:
     """Load, construct, smoke-test: a task ready to run, or an exception naming what failed."""
-    task_cls, tcfg = TASKS[name], getattr(cfg.tasks, name)
-    model = load_model(name, task_cls.frontend_kind, model_path, tcfg.backend, cache_dir)
-    # cache_dir is {state_dir}/engines; the detectors' learnt usual speeds live beside it
-    kwargs = ({"timezone": cfg.device.timezone, "profile_file": cache_dir.parent / "detector_profiles.json"}
-              if name == "congestion" else {})
-    task = task_cls(tcfg, model, cfg.audio.sample_rate, **kwargs)
+    spec = registry.get(name)
+    model = load_model(name, spec.frontend, model_path, spec.config_in(cfg).backend, cache_dir)
+    task = spec.factory(spec.config_in(cfg), model, context(cfg, cache_dir))
     smoke_test(model)
     return task
 
@@ -82,35 +80,40 @@ def build(cfg: AgentConfig, config_path: Path | str | None, cache_dir: Path, hea
           candidates: Candidates | None = None, previous: TaskSet | None = None) -> TaskSet:
     """Every configured task; tasks of ``previous`` whose inputs did not change are kept as they are."""
     named, models, built_from = {}, {}, {}
-    for name in TASKS:
-        tcfg = getattr(cfg.tasks, name)
+    for name, spec in registry.specs().items():
+        tcfg = spec.config_in(cfg)
         if tcfg is None:
             continue
-        configured = resolve(tcfg.model, config_path)
-        options = (candidates(name, configured) if candidates else []) + [(configured, "config")]
-        for i, (path, src) in enumerate(options):
-            key = (tcfg, str(path), cfg.audio, cfg.device.timezone)
-            if previous is not None and previous.built_from.get(name) == key:
-                named[name], models[name] = previous.named[name], previous.models[name]
-                built_from[name] = key
-                break
-            try:
-                task = build_task(name, cfg, path, cache_dir)
-            except Exception as e:
-                if i == len(options) - 1:
-                    raise
-                log.error("task %s: installed update %s refused at start (%s: %s); trying the next", name, path,
-                          type(e).__name__, e)
-                continue
-            named[name], models[name], built_from[name] = instrument(name, task, health), model_info(task, src), key
-            log.info("task %s: %s (%s) on %s [%s]", name, path, task.model.info.sha256[:12],
-                     task.model.backend.name, src)
-            break
-    if cfg.level is not None:
-        key = (cfg.level, cfg.audio, cfg.device.timezone)
-        if previous is not None and previous.built_from.get("level") == key:
-            named["level"] = previous.named["level"]
-        else:
-            named["level"] = LevelTask(cfg.level, cfg.audio.sample_rate, cfg.device.timezone)
-        built_from["level"] = key
+        if not spec.has_model:
+            key = (tcfg, cfg.audio, cfg.device.timezone)
+            reuse = previous is not None and previous.built_from.get(name) == key
+            named[name] = previous.named[name] if reuse else spec.factory(tcfg, None, context(cfg, cache_dir))
+            built_from[name] = key
+            continue
+        got = _build_model_task(spec, tcfg, cfg, config_path, cache_dir, health, candidates, previous)
+        named[name], models[name], built_from[name] = got
     return TaskSet(named, models, built_from)
+
+
+def _build_model_task(spec: TaskSpec, tcfg: Any, cfg: AgentConfig, config_path, cache_dir: Path, health: Health,
+                      candidates: Candidates | None, previous: TaskSet | None) -> tuple[Any, dict, tuple]:
+    """The first model that builds: installed updates (newest first), then the configured one."""
+    name = spec.name
+    configured = resolve(tcfg.model, config_path)
+    options = (candidates(name, configured) if candidates else []) + [(configured, "config")]
+    for i, (path, src) in enumerate(options):
+        key = (tcfg, str(path), cfg.audio, cfg.device.timezone)
+        if previous is not None and previous.built_from.get(name) == key:
+            return previous.named[name], previous.models[name], key
+        try:
+            task = build_task(name, cfg, path, cache_dir)
+        except Exception as e:
+            if i == len(options) - 1:
+                raise
+            log.error("task %s: installed update %s refused at start (%s: %s); trying the next", name, path,
+                      type(e).__name__, e)
+            continue
+        log.info("task %s: %s (%s) on %s [%s]", name, path, task.model.info.sha256[:12],
+                 task.model.backend.name, src)
+        return instrument(name, task, health), model_info(task, src), key
+    raise AssertionError("unreachable: the configured model is always the last option")

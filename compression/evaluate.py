@@ -19,8 +19,6 @@ import numpy as np
 from agent.features.audio import LogMelParams, log_mel
 
 from .datasets import urbansound, vehicles
-from .chains import congestion_eval
-from .datasets import traffic
 from .manifest import sha256_file
 from .metrics import classification_report, topk_accuracy
 
@@ -59,15 +57,16 @@ def load_scorer(path: Path | str, threads: int = 1) -> Scorer:
     if path.suffix == ".pt":
         import torch
 
-        from .teachers import noise, vehicles as vehicles_teacher
+        from .tasks import get
 
         torch.set_num_threads(threads)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        is_vehicles = isinstance(ckpt, dict) and ckpt.get("task") == "vehicles"
-        model, cfg = (vehicles_teacher if is_vehicles else noise).load_checkpoint(path)
+        # a checkpoint names its task; the oldest noise ones predate the key
+        entry = get(ckpt.get("task", "noise") if isinstance(ckpt, dict) else "noise")
+        model, cfg = entry.load("checkpoint")(path)
         scorer = torch_scorer(model, cfg["task"], list(cfg["labels"]), cfg["frontend"], cfg["window_seconds"],
                               sha256_file(path))
-        scorer.training_folds = noise.training_folds(path) if not is_vehicles else None
+        scorer.training_folds = entry.load("checkpoint_folds")(path) if entry.checkpoint_folds else None
         return scorer
     raise ValueError(f"{path}: unknown model type {path.suffix!r} (expected .pt or .onnx)")
 
@@ -185,21 +184,18 @@ def evaluate_vehicles(scorer: Scorer, data: Path, batch: int = 64, items: list |
     return result
 
 
-EVALUATORS: dict[str, Callable[[Scorer, Path], dict]] = {"noise": evaluate_noise, "vehicles": evaluate_vehicles}
-# Each task finds its folder from a data root, the task's own folder, or a folder of its files.
-DATA_ROOTS: dict[str, Callable[[Path | str | None], Path]] = {"noise": urbansound.find_root,
-                                                               "vehicles": vehicles.find_root}
-# congestion: a speed CSV shaped like los_speed.csv; persistence and the historical average are scored beside
-EVALUATORS["congestion"] = congestion_eval.evaluate_congestion
-DATA_ROOTS["congestion"] = traffic.find_speed_file
-
-
 def evaluate(model: Path | str, data: Path | str | None, threads: int = 1, include_training: bool = False) -> dict:
+    """Score a model on the held-out data of its task (compression.tasks: the evaluator and how the
+    task finds its folder from a data root, the task's own folder, or a folder of its files)."""
+    from .tasks import get
+
     scorer = load_scorer(model, threads=threads)
-    if scorer.task not in EVALUATORS:
-        raise ValueError(f"{model}: no evaluator for task {scorer.task!r} (known: {sorted(EVALUATORS)})")
-    root = DATA_ROOTS[scorer.task](data)
-    metrics = EVALUATORS[scorer.task](scorer, root, include_training=include_training)
+    try:
+        entry = get(scorer.task)
+    except KeyError as e:
+        raise ValueError(f"{model}: no evaluator: {e.args[0]}") from None
+    root = entry.load("data_root")(data)
+    metrics = entry.load("evaluate")(scorer, root, include_training=include_training)
     metrics.pop("logits", None)
     head = {"task": scorer.task, "n": metrics.pop("n"), "accuracy": metrics.pop("accuracy"),
             "macro_f1": metrics.pop("macro_f1"), "per_class": metrics.pop("per_class")}

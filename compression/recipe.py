@@ -1,7 +1,8 @@
 """The compression recipe: which stages run, on what, to which budget and gate (data with a schema).
 
 Every section is a strict model (unknown keys are errors). ``load_recipe`` reports
-problems with the YAML line and the dotted key, like device configs.
+problems with the YAML line and the dotted key, like device configs. What every task's
+recipe shares (top level, training, distillation, budget, quantise, engine) is in recipe_base.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from agent.features.audio import LogMelParams
 from agent.schema import StrictModel, load_yaml
 
+from .recipe_base import BudgetBase, DistilBase, EngineSection, RecipeBase, with_defaults
 from .teachers.recipe import AugmentSection
 
 
@@ -55,18 +57,11 @@ class StudentSection(StrictModel):
         return LogMelParams.from_dict(v).to_dict()  # raises with the bad field named
 
 
-class BudgetSection(StrictModel):
-    max_params: int = Field(128_000, ge=1, description="parameters of the shipped student")
+class BudgetSection(with_defaults(BudgetBase, max_params=128_000)):
     max_macs_per_second: float = Field(30e6, gt=0, description="multiply-accumulates per second of audio")
 
 
-class DistilSection(StrictModel):
-    epochs: int = Field(3, ge=0, description="knowledge-distillation epochs before pruning")
-    lr: float = Field(5e-4, gt=0, description="peak AdamW learning rate (warm-up + cosine)")
-    weight_decay: float = Field(0.02, ge=0)
-    batch_size: int = Field(32, ge=1)
-    temperature: float = Field(2.0, gt=0, description="softmax temperature of the soft targets")
-    alpha: float = Field(0.7, ge=0, le=1, description="weight of the teacher term; 1 - alpha on the labels")
+class DistilSection(with_defaults(DistilBase, epochs=3, lr=5e-4, weight_decay=0.02, batch_size=32, alpha=0.7)):
     freeze_bn: bool = Field(True, description="keep BatchNorm statistics fixed while training: the pruning "
                                               "re-fits are calibrated against them, and ~900 clips are too few "
                                               "to re-estimate them")
@@ -108,91 +103,38 @@ class PruneSection(StrictModel):
     max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more of one layer than this")
 
 
-class FlavourSection(StrictModel):
-    percentile: float | None = Field(None, gt=90, le=100, description="overrides quantise.percentile")
-    keep_float: list[str] = Field([], description="regular expressions over the FP32 ONNX node names left in "
-                                                  "float (mixed precision): layers too sensitive to INT8; each "
-                                                  "must match a node")
-
-    @field_validator("keep_float")
-    @classmethod
-    def _patterns_compile(cls, v: list[str]) -> list[str]:
-        import re
-
-        for pattern in v:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"{pattern!r} is not a regular expression ({e})") from None
-        return v
-
-
-class QuantiseSection(StrictModel):
-    enabled: bool = True
-    calibrate_method: Literal["minmax", "percentile", "entropy"] = Field(
-        "percentile", description="how activation ranges are found from the calibration clips")
-    percentile: float = Field(99.999, gt=90, le=100, description="for calibrate_method percentile")
-    cpu: FlavourSection = Field(FlavourSection(), description="overrides for the onnxruntime CPU flavour")
-    tensorrt: FlavourSection = Field(FlavourSection(), description="overrides for the TensorRT flavour")
-    qat_epochs: int = Field(0, ge=0, description="quantisation-aware KD epochs for the TensorRT INT8 model when "
-                                                 "post-training INT8 fails the gate (0: FP16 engine instead)")
-    qat_lr: float = Field(5e-4, gt=0, description="peak learning rate of the quantisation-aware epochs")
-
-    def flavour(self, name: str) -> tuple[float, list[str]]:
-        """(percentile, keep_float) for one flavour, its overrides applied."""
-        f = getattr(self, name)
-        return (self.percentile if f.percentile is None else f.percentile), list(f.keep_float)
-
-
-class EngineSection(StrictModel):
-    enabled: bool = Field(True, description="build a TensorRT engine when tensorrt is importable")
-    fp16: bool = Field(True, description="allow FP16 for layers left in float")
-    dla_core: int | None = Field(None, ge=0, description="Jetson DLA core, or None for the GPU")
-    workspace_mb: int = Field(1024, ge=16)
-
-
 class GateSection(StrictModel):
     max_drop: float = Field(2.0, ge=0, description="accuracy points the shipped INT8 model may lose against the teacher")
     max_onnx_logit_diff: float = Field(1e-4, gt=0, description="largest |logit| difference allowed between the "
                                                               "PyTorch FP32 model and its ONNX export on real clips")
 
 
-class CompressionRecipe(StrictModel):
+class CompressionRecipe(RecipeBase):
     task: Literal["noise"] = "noise"
     name: str = Field(description="artefact name, e.g. noise-slim-mn04")
-    version: str = Field(description="artefact version (semver)")
-    seed: int = 0
-    threads: int = Field(2, ge=1, description="torch threads for training")
     teacher: TeacherSection
     data: DataSection = DataSection()
     student: StudentSection
     budget: BudgetSection = BudgetSection()
     distil: DistilSection = DistilSection()
     prune: PruneSection = PruneSection()
-    quantise: QuantiseSection = QuantiseSection()
     engine: EngineSection = EngineSection()
     gate: GateSection = GateSection()
 
 
-# task -> "module:Class" of its recipe schema; each task's chain lives in its own module
-# (CHAINS in pipeline.py), so adding a task adds one line here and one there.
-RECIPES: dict[str, str] = {"noise": "compression.recipe:CompressionRecipe",
-                           "vehicles": "compression.chains.vehicles_recipe:VehiclesRecipe",
-                           "congestion": "compression.chains.congestion_recipe:CongestionRecipe"}
-
-
-def recipe_class(task: Any, source: str) -> type[StrictModel]:
-    import importlib
-
+def recipe_class(task: Any, source: str) -> type[RecipeBase]:
+    """The recipe schema of ``task`` (compression.tasks)."""
     from agent.schema import ConfigError
 
-    if task not in RECIPES:
-        raise ConfigError(source, [f"task: {task!r} is not a known task (known: {sorted(RECIPES)})"])
-    module, name = RECIPES[task].split(":")
-    return getattr(importlib.import_module(module), name)
+    from .tasks import get
+
+    try:
+        return get(task).load("recipe")
+    except KeyError as e:
+        raise ConfigError(source, [f"task: {e.args[0]}"]) from None
 
 
-def load_recipe(path: Path | str, **overrides: Any) -> StrictModel:
+def load_recipe(path: Path | str, **overrides: Any) -> RecipeBase:
     """Load and validate against the schema of the recipe's ``task``; ``overrides`` are dotted
     keys (``{"distil.epochs": 1}``), validated too."""
     import yaml

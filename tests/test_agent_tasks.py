@@ -21,17 +21,16 @@ from agent.backends.contract import load_contract
 from agent.features.audio import LogMelParams
 
 from agent.backends.contract import ContractError
-from agent.config import (ClassRule, CongestionTaskConfig, LevelSection, Limits, NoiseTaskConfig, OnnxBackendConfig,
-                          RuleConfig, TensorRTBackendConfig, VehiclesTaskConfig)
+from agent.config import ClassRule, LevelSection, Limits, OnnxBackendConfig, RuleConfig, TensorRTBackendConfig
 from agent.features.detector import DetectorParams
 from agent.features.image import ImageParams
 from agent.features.resample import resample
 from agent.payloads import AudioChunk, DetectorReading, ImageFrame
 from agent.tasks import LevelReport, load_model
-from agent.tasks.congestion import CongestionTask
+from agent.tasks.congestion import CongestionTask, CongestionTaskConfig
 from agent.tasks.level import LevelTask
-from agent.tasks.noise import NoiseTask
-from agent.tasks.vehicles import VehiclesTask
+from agent.tasks.noise import NoiseTask, NoiseTaskConfig
+from agent.tasks.vehicles import VehiclesTask, VehiclesTaskConfig
 from agent_fixtures import linear_model
 
 ONNX = OnnxBackendConfig(type="onnxruntime")

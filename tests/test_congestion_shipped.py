@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from agent.backends.contract import load_contract
-from agent.config import ClassRule, CongestionTaskConfig, OnnxBackendConfig, RuleConfig
+from agent.config import ClassRule, OnnxBackendConfig, RuleConfig
 from agent.features.detector import CONGESTED, DetectorParams, make_windows
 from agent.features.warning import WarningPoint, warning_score
 from agent.payloads import DetectorReading
 from agent.rules import Rule, softmax
 from agent.tasks import load_model
-from agent.tasks.congestion import CongestionTask
+from agent.tasks.congestion import CongestionTask, CongestionTaskConfig
 from compression.datasets.traffic import load_speeds, usual_speed_tables
 from compression.manifest import verify_files
 

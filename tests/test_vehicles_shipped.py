@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from agent.backends.contract import load_contract
-from agent.config import ClassRule, OnnxBackendConfig, RuleConfig, VehiclesTaskConfig
+from agent.config import ClassRule, OnnxBackendConfig, RuleConfig
 from agent.features.image import decode_image
 from agent.payloads import ImageFrame
 from agent.tasks import load_model
-from agent.tasks.vehicles import VehiclesTask
+from agent.tasks.vehicles import VehiclesTask, VehiclesTaskConfig
 from compression.datasets import vehicles
 from compression.manifest import verify_files
 from compression.recipe import load_recipe

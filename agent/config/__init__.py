@@ -17,19 +17,18 @@ from ..schema import ConfigError, StrictModel, load_yaml
 from .device import AudioInput, DeviceSection
 from .level import LevelSection, Limits
 from .sources import FilesSourceConfig, MicSourceConfig, MqttSourceConfig, SourceConfig
-from .tasks import (BackendConfig, ClassRule, CongestionTaskConfig, NoiseTaskConfig, OnnxBackendConfig, RuleConfig,
-                    TasksSection, TensorRTBackendConfig, VehiclesTaskConfig)
+from .tasks import (BackendConfig, ClassRule, ModelTaskConfig, OnnxBackendConfig, RuleConfig, TasksSection,
+                    TensorRTBackendConfig)
 from .updates import UpdatesSection
 from .uplink import BackoffConfig, BrokerConfig, OutboxSection, TlsConfig, UplinkSection
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = ["AgentConfig", "AudioInput", "BackendConfig", "BackoffConfig", "BrokerConfig", "ClassRule",
-           "CongestionTaskConfig", "DeviceSection", "FilesSourceConfig", "LevelSection", "Limits", "MicSourceConfig",
-           "MqttSourceConfig", "NoiseTaskConfig", "OnnxBackendConfig", "OutboxSection", "RuleConfig", "SourceConfig",
-           "TasksSection", "TensorRTBackendConfig", "TlsConfig", "UpdatesSection", "UplinkSection",
-           "VehiclesTaskConfig", "config_hash", "load_config", "preflight", "resolve", "resolve_files",
-           "resolve_local"]
+           "DeviceSection", "FilesSourceConfig", "LevelSection", "Limits", "MicSourceConfig", "ModelTaskConfig",
+           "MqttSourceConfig", "OnnxBackendConfig", "OutboxSection", "RuleConfig", "SourceConfig",
+           "TasksSection", "TensorRTBackendConfig", "TlsConfig", "UpdatesSection", "UplinkSection", "config_hash",
+           "load_config", "preflight", "resolve", "resolve_files", "resolve_local"]
 
 
 class HealthSection(StrictModel):

@@ -1,11 +1,12 @@
-"""``tasks:``: one entry per model the device runs; each names its model, backend and alert rule."""
+"""``tasks:``: one entry per task the device runs, by its registered name; what a model task is configured with."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..schema import StrictModel
 
@@ -50,27 +51,56 @@ class RuleConfig(StrictModel):
     classes: dict[str, ClassRule] = Field(min_length=1, description="the classes that alert, by model label")
 
 
-class NoiseTaskConfig(StrictModel):
+class ModelTaskConfig(StrictModel):
+    """What every task that runs a model is configured with; a task module may extend it."""
     model: Path = Field(description="ONNX model with manifest.json beside it")
-    backend: BackendConfig = OnnxBackendConfig(type="onnxruntime")
-    hop_seconds: float | None = Field(None, gt=0, le=60,
-                                      description="window hop; default: the contract's hop_seconds, else 1 s")
-    rule: RuleConfig
-
-
-class VehiclesTaskConfig(StrictModel):
-    model: Path
-    backend: BackendConfig = OnnxBackendConfig(type="onnxruntime")
-    rule: RuleConfig
-
-
-class CongestionTaskConfig(StrictModel):
-    model: Path
     backend: BackendConfig = OnnxBackendConfig(type="onnxruntime")
     rule: RuleConfig
 
 
 class TasksSection(StrictModel):
-    noise: NoiseTaskConfig | None = None
-    vehicles: VehiclesTaskConfig | None = None
-    congestion: CongestionTaskConfig | None = None
+    """``tasks:``: one entry per task the device runs, keyed by a name in the task registry
+    (agent/tasks/registry.py), each validated by that task's own config model."""
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _by_registry(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data  # an instance, or not a mapping: pydantic's own error
+        from ..tasks import registry
+
+        known = {n: s for n, s in registry.specs().items() if not s.section}
+        out, errors = {}, []
+        for name, entry in data.items():
+            if name not in known:
+                errors.append(InitErrorDetails(type=PydanticCustomError(
+                    "unknown_task", "unknown task {name} (known: {known})", {"name": repr(name), "known": sorted(known)}),
+                    loc=(name,), input=entry))
+            elif entry is not None:
+                try:
+                    out[name] = known[name].config.model_validate(entry)
+                except ValidationError as e:  # re-raised below with the task's name in front of each key
+                    errors += [InitErrorDetails(type=d["type"], loc=(name, *d["loc"]), input=d["input"],
+                                                ctx=d.get("ctx") or {}) for d in e.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return out
+
+    @model_serializer(mode="wrap")
+    def _every_task(self, handler, info):
+        # every registered model task named, absent ones as null: a config's hash does not depend on
+        # which task modules happened to be imported, and is what it was before the registry
+        d = handler(self)
+        if not info.exclude_none:
+            from ..tasks import registry
+            for name in registry.model_tasks():
+                d.setdefault(name, None)
+        return d
+
+    def get(self, name: str) -> Any:
+        """The task's config entry, or None when this device does not run it."""
+        return (self.__pydantic_extra__ or {}).get(name)
+
+    def names(self) -> list[str]:
+        return [n for n, v in (self.__pydantic_extra__ or {}).items() if v is not None]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -21,6 +21,8 @@ from ..alerts import ModelInfo
 from ..backends import Loaded, load_backend
 from ..backends.contract import Contract, ContractError, check_embedded, load_contract, require_frontend
 from ..features.level import LevelSummary
+
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,18 @@ def load_model(task: str, frontend_kind: str, model_path: Path, backend_cfg: Any
 def check_frontend(contract: Contract, params: Any) -> None:
     """The device reproduces the contract's front-end exactly (its parsed params round-trip)."""
     require_frontend(contract, params.to_dict())
+
+
+def frontend_params(contract: Contract, parse: Callable[[Any], P], errors: tuple[type[Exception], ...]) -> P:
+    """The contract's front-end parameters, parsed (``parse``: a params class's ``from_dict``) and
+    reproduced exactly (``check_frontend``); a parse error in ``errors`` becomes a ContractError
+    naming the model."""
+    try:
+        params = parse(contract.frontend)
+    except errors as e:
+        raise ContractError(f"{contract.model_path}: frontend: {e}") from None
+    check_frontend(contract, params)
+    return params
 
 
 def run_example(model: LoadedModel, example: np.ndarray) -> np.ndarray:

@@ -23,12 +23,13 @@ import zoneinfo
 from pathlib import Path
 
 from ..backends.contract import ContractError
-from ..config import CongestionTaskConfig
+from ..config import ModelTaskConfig
 from ..features.detector import CONGESTED, DetectorParams, DetectorParamsError, DetectorProfile, DetectorWindow
 from ..features.warning import WarningPoint, warning_score
 from ..payloads import DetectorReading, PayloadError
 from ..rules import Rule, softmax
-from . import Detection, LoadedModel, check_frontend, dry_run
+from . import Detection, LoadedModel, dry_run, frontend_params
+from .registry import TaskSpec, register
 
 import numpy as np
 
@@ -61,6 +62,10 @@ class _StepAggregator:
         return out
 
 
+class CongestionTaskConfig(ModelTaskConfig):
+    pass
+
+
 def _warning_point(contract, cfg: CongestionTaskConfig) -> WarningPoint | None:
     """The warning operating point the artefact carries (None for a model from before it did). The rule's
     congested threshold is the operator's to set; where it is not the model's point, say so once."""
@@ -87,11 +92,7 @@ class CongestionTask:
     def __init__(self, cfg: CongestionTaskConfig, model: LoadedModel, input_rate: int = 0, timezone: str = "UTC",
                  profile_file: Path | None = None):
         contract = model.contract
-        try:
-            self.params = DetectorParams.from_dict(contract.frontend)
-        except (DetectorParamsError, TypeError) as e:
-            raise ContractError(f"{contract.model_path}: frontend: {e}") from None
-        check_frontend(contract, self.params)
+        self.params = frontend_params(contract, DetectorParams.from_dict, (DetectorParamsError, TypeError))
         self.cfg, self.model = cfg, model
         self.tz = zoneinfo.ZoneInfo(timezone)
         Rule(cfg.rule, contract.labels, "tasks.congestion.rule")
@@ -172,3 +173,13 @@ class CongestionTask:
                 out.append(Detection(self.kind, r.sensor, ev.cls, ev.confidence, ev.end_ms,
                                      ev.end_ms - ev.start_ms, self.model.info, {"speed": speed}))
         return out
+
+
+def _build(cfg: CongestionTaskConfig, model: LoadedModel, ctx) -> CongestionTask:
+    # the detectors' learnt usual speeds are kept in the state folder: they survive restarts and updates
+    return CongestionTask(cfg, model, ctx.sample_rate, timezone=ctx.timezone,
+                          profile_file=ctx.state_dir / "detector_profiles.json")
+
+
+register(TaskSpec("congestion", CongestionTask.consumes, CongestionTaskConfig, frontend=CongestionTask.frontend_kind,
+                  factory=_build))

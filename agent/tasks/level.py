@@ -13,6 +13,7 @@ from ..config import LevelSection, Limits
 from ..features.level import SoundLevelMeter
 from ..payloads import AudioChunk
 from . import Detection, LevelReport
+from .registry import TaskSpec, register
 
 
 class LevelTask:
@@ -52,3 +53,8 @@ class LevelTask:
                 out.append(Detection(self.kind, chunk.sensor, f"{metric}_{name}", 1.0, ts, int(s.seconds * 1000),
                                      None, {metric: value, "lim": limit}))
         return out
+
+
+# no model; configured in the top-level ``level:`` section, as it always was
+register(TaskSpec("level", LevelTask.consumes, LevelSection, section="level",
+                  factory=lambda cfg, model, ctx: LevelTask(cfg, ctx.sample_rate, ctx.timezone)))

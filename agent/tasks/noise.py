@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import NoiseTaskConfig
+from pydantic import Field
+
+from ..config import ModelTaskConfig
 from ..features.audio import LogMelParams, LogMelParamsError, log_mel
 from ..features.resample import resample
 from ..backends.contract import ContractError
@@ -20,8 +22,14 @@ from ..payloads import AudioChunk
 from ..rules import Rule, softmax
 from ..window import SlidingWindow
 from . import Detection, LoadedModel, check_frontend, dry_run, run_example
+from .registry import TaskSpec, register
 
 DEFAULT_HOP_SECONDS = 1.0
+
+
+class NoiseTaskConfig(ModelTaskConfig):
+    hop_seconds: float | None = Field(None, gt=0, le=60,
+                                      description="window hop; default: the contract's hop_seconds, else 1 s")
 
 
 class NoiseTask:
@@ -82,3 +90,7 @@ class NoiseTask:
                 out.append(Detection(self.kind, chunk.sensor, ev.cls, ev.confidence, ev.end_ms,
                                      ev.end_ms - ev.start_ms, self.model.info))
         return out
+
+
+register(TaskSpec("noise", NoiseTask.consumes, NoiseTaskConfig, frontend=NoiseTask.frontend_kind,
+                  factory=lambda cfg, model, ctx: NoiseTask(cfg, model, ctx.sample_rate)))

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.contract import ContractError
-from ..config import VehiclesTaskConfig
+from ..config import ModelTaskConfig
 from ..features.image import ImageParams, ImageParamsError, preprocess
 from ..payloads import ImageFrame
 from ..rules import Rule, softmax
-from . import Detection, LoadedModel, check_frontend, dry_run
+from . import Detection, LoadedModel, dry_run, frontend_params
+from .registry import TaskSpec, register
+
+
+class VehiclesTaskConfig(ModelTaskConfig):
+    pass
 
 
 class VehiclesTask:
@@ -23,11 +27,7 @@ class VehiclesTask:
 
     def __init__(self, cfg: VehiclesTaskConfig, model: LoadedModel, input_rate: int = 0):
         contract = model.contract
-        try:
-            self.params = ImageParams.from_dict(contract.frontend)
-        except (ImageParamsError, TypeError) as e:
-            raise ContractError(f"{contract.model_path}: frontend: {e}") from None
-        check_frontend(contract, self.params)
+        self.params = frontend_params(contract, ImageParams.from_dict, (ImageParamsError, TypeError))
         self.cfg, self.model = cfg, model
         Rule(cfg.rule, contract.labels, "tasks.vehicles.rule")
         dry_run(model, np.zeros(self.params.output_shape, np.float32))
@@ -44,3 +44,7 @@ class VehiclesTask:
         ts = int(frame.capture_ms)
         return [Detection(self.kind, frame.sensor, ev.cls, ev.confidence, ts, 0, self.model.info)
                 for ev in rule.update(probs, ts, ts)]
+
+
+register(TaskSpec("vehicles", VehiclesTask.consumes, VehiclesTaskConfig, frontend=VehiclesTask.frontend_kind,
+                  factory=lambda cfg, model, ctx: VehiclesTask(cfg, model, ctx.sample_rate)))

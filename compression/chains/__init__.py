@@ -1,1 +1,1 @@
-"""Compression chains per task (``compression.pipeline.CHAINS``); the noise chain lives in ``compression.pipeline``."""
+"""Compression chains per task (registered in ``compression.tasks``); the noise chain lives in ``compression.pipeline``."""
