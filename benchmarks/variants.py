@@ -164,6 +164,16 @@ def resolve(task: str, variant: str, tmp: Path, calibration: Callable[[], np.nda
     raise ValueError(f"unknown variant {variant!r}")
 
 
+def noise_teacher_checkpoint() -> Path:
+    """The teacher checkpoint the shipped noise student was distilled from (its manifest's recipe names it;
+    the committed fold-1 teacher when the manifest does not say)."""
+    try:
+        ckpt = json.loads((MODELS / "noise" / "manifest.json").read_text())["recipe"]["teacher"]["checkpoint"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return NOISE_TEACHER
+    return (REPO / ckpt) if ckpt else NOISE_TEACHER
+
+
 def _noise_teacher(tmp: Path) -> Variant:
     import pytest
 
@@ -172,12 +182,15 @@ def _noise_teacher(tmp: Path) -> Variant:
     from compression.export import export_onnx
     from compression.teachers.noise import load_checkpoint
 
-    model, cfg = load_checkpoint(NOISE_TEACHER)
+    checkpoint = noise_teacher_checkpoint()
+    if not checkpoint.is_file():
+        raise Unavailable(f"noise teacher: {checkpoint.relative_to(REPO)} (the shipped student's teacher) is missing")
+    model, cfg = load_checkpoint(checkpoint)
     p = LogMelParams.from_dict(cfg["frontend"])
     example = torch.zeros(1, 1, p.n_mels, p.frames(int(cfg["window_seconds"] * p.sample_rate)))
     path = export_onnx(model, example, tmp / "noise_teacher.onnx", {"task": "noise"})
     return Variant("teacher fp32", path, cfg["frontend"], sum(t.numel() for t in model.parameters()),
-                   f"exported here from {NOISE_TEACHER.relative_to(REPO)}")
+                   f"exported here from {checkpoint.relative_to(REPO)}")
 
 
 def _quantise(fp32: Path, tmp: Path, calibration: np.ndarray, q: dict[str, Any]) -> Path:

@@ -109,8 +109,11 @@ class Distiller:
 
     def __init__(self, teacher: nn.Module, teacher_fe: LogMelParams, student_fe: LogMelParams,
                  waves: np.ndarray, labels: np.ndarray, n_classes: int, sample_rate: int,
-                 cfg: DistilSection, seed: int):
+                 cfg: DistilSection, seed: int, device: str | torch.device = "cpu"):
+        from .devices import resolve_device
+
         self.teacher = teacher.eval()
+        self.device = resolve_device(device)  # training only: views, seeds and the cache stay on the CPU
         self.teacher_fe, self.student_fe, self.sample_rate = teacher_fe, student_fe, sample_rate
         self.views = Views(waves, labels, n_classes, sample_rate, student_fe, cfg, seed)
         self.cfg, self.seed = cfg, seed
@@ -123,24 +126,32 @@ class Distiller:
         if missing:
             x = features([views[k] for k in missing], self.teacher_fe, self.sample_rate)
             with torch.inference_mode():
-                out = first_output(self.teacher(x))
+                out = first_output(self.teacher(x.to(self.device))).cpu()
             self.teacher_calls += len(missing)
             for k, logits in zip(missing, out):
                 self.cache[keys[k]] = logits.clone()
         return torch.stack([self.cache[key] for key in keys])
 
     def run(self, student: nn.Module, epochs: int, lr: float, desc: str) -> list[dict]:
-        cfg = self.cfg
+        """``epochs`` of KD on ``self.device``; the student (and the teacher) are back on the CPU after."""
         if epochs == 0:
             return []
+        student.to(self.device)
+        self.teacher.to(self.device)
+        try:
+            return self._epochs(student, epochs, lr, desc)
+        finally:
+            student.cpu()
+            self.teacher.cpu()
 
+    def _epochs(self, student: nn.Module, epochs: int, lr: float, desc: str) -> list[dict]:
+        cfg, dev = self.cfg, self.device
         opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr,
                                 weight_decay=cfg.weight_decay)
         n = len(self.views.waves)
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         total, warmup = epochs * steps_per_epoch, steps_per_epoch // 2 + 1
         gen = torch.Generator().manual_seed(self.seed + self.epochs_done)
-        t = cfg.temperature
         history, step = [], 0
         for epoch in range(epochs):
             v = self.epochs_done % cfg.views_per_clip
@@ -151,15 +162,12 @@ class Distiller:
             for s in bar:
                 keys = [(i, v) for i in order[s:s + cfg.batch_size]]
                 views = [self.views(i, vv) for i, vv in keys]
-                soft = torch.softmax(self.teacher_logits(keys, views) / t, dim=1)
-                x = features(views, self.student_fe, self.sample_rate)
-                y = torch.from_numpy(np.stack([vw.target for vw in views]))
+                teacher = self.teacher_logits(keys, views).to(dev)
+                x = features(views, self.student_fe, self.sample_rate).to(dev)
+                y = torch.from_numpy(np.stack([vw.target for vw in views])).to(dev)
                 for g in opt.param_groups:
                     g["lr"] = lr * warmup_cosine(step, total, warmup)
-                logits = first_output(student(x))
-                kd = torch.nn.functional.kl_div(torch.log_softmax(logits / t, 1), soft, reduction="batchmean") * t * t
-                ce = torch.sum(-y * torch.log_softmax(logits, 1), 1).mean()
-                loss = cfg.alpha * kd + (1 - cfg.alpha) * ce
+                loss = self.loss(first_output(student(x)), teacher, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -170,3 +178,11 @@ class Distiller:
             history.append({"run": desc, "epoch": epoch + 1, "loss": float(np.mean(losses))})
             tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}")
         return history
+
+    def loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, mixup labels)."""
+        t = self.cfg.temperature
+        soft = torch.softmax(teacher_logits / t, dim=1)
+        kd = torch.nn.functional.kl_div(torch.log_softmax(logits / t, 1), soft, reduction="batchmean") * t * t
+        ce = torch.sum(-y * torch.log_softmax(logits, 1), 1).mean()
+        return self.cfg.alpha * kd + (1 - self.cfg.alpha) * ce

@@ -47,3 +47,16 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequen
 def topk_accuracy(y_true: np.ndarray, scores: np.ndarray, k: int) -> float:
     top = np.argsort(-scores, axis=1)[:, :k]
     return float((top == np.asarray(y_true)[:, None]).any(1).mean()) if len(top) else 0.0
+
+
+def top1_agreement(logits: np.ndarray, reference: np.ndarray) -> float:
+    """Share of items on which two models give the same top-1 class."""
+    return float((np.asarray(logits).argmax(1) == np.asarray(reference).argmax(1)).mean()) if len(logits) else 0.0
+
+
+def top1_confidence(logits: np.ndarray) -> float:
+    """Mean top-1 softmax probability: how sure a model is of what it says."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    return float(p.max(1).mean()) if len(z) else 0.0

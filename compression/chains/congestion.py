@@ -87,16 +87,39 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     ds = load_data(recipe, params, data)
+    es = ds.eval
+    baselines = {name: es.score(*pred) for name, pred in es.baselines.items()}
+    history_now = es.windows.X[0, :params.history_steps] * params.speed_scale  # one real history for latency
+    contract = {"task": recipe.task, "labels": ["free", "slowed", "congested"], "frontend": params.to_dict(),
+                "name": recipe.name, "version": recipe.version, "outputs": list(OUTPUTS)}
+
+    stages, history, teacher_path, parity = float_stages(recipe, params, ds, contract, history_now, work)
+    shipped, int8_note, calib = int8_stage(recipe, params, ds, stages, baselines, history_now, work)
+
+    failures = gate_failures(recipe, stages["teacher"], stages[shipped], baselines["persistence"], parity)
+    targets = targets_with_bootstrap(recipe, es, stages[shipped], baselines)
+    warnings = warning_report(recipe, es, stages[shipped]["_logits"])
+    log.info("warnings at P >= %g%s: %s", recipe.warning.threshold, " or congested now" if recipe.warning.congested_now
+             else "", {k: round(v, 3) for k, v in warnings["at_operating_point"].items()})
+    report = write_artefacts(
+        recipe=recipe, recipe_path=recipe_path, out=out, ds=ds, stages=stages, baselines=baselines, warnings=warnings,
+        shipped=shipped, model_file=work / ("student_int8.onnx" if shipped == "student_int8" else "student_fp32.onnx"),
+        contract=contract, failures=failures, targets=targets, parity=parity, history=history, int8_note=int8_note,
+        calibration=calib, teacher_path=teacher_path, seconds=time.time() - t_start)
+    if failures:
+        raise gate.GateFailed("the compressed model did not pass the gate:\n  " + "\n  ".join(failures))
+    return report
+
+
+def float_stages(recipe: CongestionRecipe, params: DetectorParams, ds: Data, contract: dict, history_now,
+                 work: Path) -> tuple[dict[str, dict], list, Path, dict]:
+    """Teacher and student in FP32, exported and scored: (stages, training history, teacher checkpoint, parity)."""
+    es = ds.eval
     tensors = train.Tensors(ds.train, train.future_speeds(ds.table, ds.train, recipe.teacher.forecast_steps,
                                                           ds.eval_start),
                             profile_columns(params), recipe.data.profile_dropout, recipe.seed)
-    es = ds.eval
-    baselines = {name: es.score(*pred) for name, pred in es.baselines.items()}
     example = torch.from_numpy(es.windows.X[:1])
-    history_now = es.windows.X[0, :params.history_steps] * params.speed_scale  # one real history for latency
     stages: dict[str, dict] = {}
-    contract = {"task": recipe.task, "labels": ["free", "slowed", "congested"], "frontend": params.to_dict(),
-                "name": recipe.name, "version": recipe.version, "outputs": list(OUTPUTS)}
 
     # 1. teacher: pretrained on speed forecasting, fine-tuned for the states
     teacher, teacher_path, history, t_offsets = teacher_stage(recipe, params, ds, tensors, work)
@@ -112,27 +135,36 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
     parity = onnx_parity(student, fp32, es.windows.X[:recipe.data.parity_windows])
     stages["student"] = _score(es, onnx_predict(_session(fp32)), n_params(student), fp32, params, history_now,
                                offsets=s_offsets)
+    return stages, history, teacher_path, parity
 
-    # 3. INT8, calibrated on a recorded draw of training windows; shipped only where it pays
-    shipped, int8_note, calib = "student", "quantise.enabled is false", np.zeros(0, np.int64)
-    if recipe.quantise.enabled:
-        from ..quantise import quantise
 
-        calib = np.sort(np.random.default_rng(recipe.seed).permutation(len(ds.train))[:recipe.data.calibration_windows])
-        percentile, keep_float = recipe.quantise.flavour("cpu")
-        int8 = quantise(fp32, work / "student_int8.onnx", ds.train.X[calib], "cpu", recipe.quantise.calibrate_method,
-                        percentile, keep_float=keep_float)
-        stages["student_int8"] = _score(es, onnx_predict(_session(int8)), n_params(student), int8, params,
-                                        history_now)
-        stages["student_int8"]["state_agreement_with_fp32"] = float(
-            (stages["student_int8"]["_logits"].argmax(1) == stages["student"]["_logits"].argmax(1)).mean())
-        shipped, int8_note = choose_cpu_model(recipe, stages, baselines, params, history_now, fp32, int8)
+def int8_stage(recipe: CongestionRecipe, params: DetectorParams, ds: Data, stages: dict[str, dict], baselines: dict,
+               history_now, work: Path) -> tuple[str, str, np.ndarray]:
+    """3. INT8, calibrated on a recorded draw of training windows; shipped only where it pays.
 
-    failures = gate_failures(recipe, stages["teacher"], stages[shipped], baselines["persistence"], parity)
-    targets = target_results(recipe, stages[shipped], baselines["persistence"])
-    # how sure the gains are: the 32-odd held-out detectors are a small sample
-    boots = bootstrap_vs_persistence(es, stages[shipped]["_logits"].argmax(1), stages[shipped]["_speed"],
-                                     recipe.seed, recipe.targets)
+    Adds ``student_int8`` to ``stages``; returns (the stage to ship, why, the calibration window indices)."""
+    if not recipe.quantise.enabled:
+        return "student", "quantise.enabled is false", np.zeros(0, np.int64)
+    from ..quantise import quantise
+
+    calib = np.sort(np.random.default_rng(recipe.seed).permutation(len(ds.train))[:recipe.data.calibration_windows])
+    percentile, keep_float = recipe.quantise.flavour("cpu")
+    fp32 = work / "student_fp32.onnx"
+    int8 = quantise(fp32, work / "student_int8.onnx", ds.train.X[calib], "cpu", recipe.quantise.calibrate_method,
+                    percentile, keep_float=keep_float)
+    stages["student_int8"] = _score(ds.eval, onnx_predict(_session(int8)), stages["student"]["params"], int8, params,
+                                    history_now)
+    stages["student_int8"]["state_agreement_with_fp32"] = float(
+        (stages["student_int8"]["_logits"].argmax(1) == stages["student"]["_logits"].argmax(1)).mean())
+    shipped, int8_note = choose_cpu_model(recipe, stages, baselines, params, history_now, fp32, int8)
+    return shipped, int8_note, calib
+
+
+def targets_with_bootstrap(recipe: CongestionRecipe, es: EvalSet, shipped: dict, baselines: dict) -> dict:
+    """The recipe's targets for the shipped stage, with how sure the gains are: the 32-odd held-out detectors
+    are a small sample, so each gain carries its detector bootstrap."""
+    targets = target_results(recipe, shipped, baselines["persistence"])
+    boots = bootstrap_vs_persistence(es, shipped["_logits"].argmax(1), shipped["_speed"], recipe.seed, recipe.targets)
     targets["macro_f1"]["detector_bootstrap"] = boots["macro_f1_gain_over_persistence"]
     if "speed_vs_persistence" in boots:
         boot = boots["speed_vs_persistence"]
@@ -140,17 +172,7 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
         targets["rmse_mph"]["detector_bootstrap"] = {**common, **{k: v for k, v in boot.items() if "rmse" in k}}
         targets["rmse_vs_persistence"]["detector_bootstrap"] = {**common, **{k: v for k, v in boot.items()
                                                                             if "ratio" in k}}
-    warnings = warning_report(recipe, es, stages[shipped]["_logits"])
-    log.info("warnings at P >= %g%s: %s", recipe.warning.threshold, " or congested now" if recipe.warning.congested_now
-             else "", {k: round(v, 3) for k, v in warnings["at_operating_point"].items()})
-    report = write_artefacts(
-        recipe=recipe, recipe_path=recipe_path, out=out, ds=ds, stages=stages, baselines=baselines, warnings=warnings,
-        shipped=shipped, model_file=work / ("student_int8.onnx" if shipped == "student_int8" else "student_fp32.onnx"),
-        contract=contract, failures=failures, targets=targets, parity=parity, history=history, int8_note=int8_note,
-        calibration=calib, teacher_path=teacher_path, seconds=time.time() - t_start)
-    if failures:
-        raise gate.GateFailed("the compressed model did not pass the gate:\n  " + "\n  ".join(failures))
-    return report
+    return targets
 
 
 def teacher_stage(recipe: CongestionRecipe, params: DetectorParams, ds: Data, d: train.Tensors, work: Path):

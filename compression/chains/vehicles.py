@@ -115,10 +115,7 @@ def run_vehicles(recipe: VehiclesRecipe, recipe_path: Path | None = None, data=N
     parity = onnx_parity(student, fp32_onnx, d.val_items[:16], s_params)
 
     # 4. INT8, two flavours, calibrated on a recorded, seeded draw of training crops
-    rng = np.random.default_rng(recipe.seed)
-    calib_items = [d.train_items[i] for i in sorted(rng.permutation(len(d.train_items))
-                                                    [:recipe.data.calibration_images])]
-    calib, _, calib_items, _ = vehicles.load_images(calib_items, s_params, progress=False)
+    calib, calib_items = calibration_crops(recipe, d, s_params)
     contract = {"task": TASK, "labels": labels, "frontend": sfe, "window_seconds": 0.0,
                 "name": recipe.name, "version": recipe.version}
     chosen = quantise_stage(recipe, stages, fp32_onnx, calib, contract, params, macs, work)
@@ -127,12 +124,7 @@ def run_vehicles(recipe: VehiclesRecipe, recipe_path: Path | None = None, data=N
     engine = build_engine_stage(recipe, chosen["tensorrt"] or chosen["cpu"], work)
 
     # 6. the gate, on everything that ships: the CPU model and the model for TensorRT
-    shipped_name = "pruned" if chosen["cpu"] == fp32_onnx else "int8_cpu"
-    trt_name = "int8_tensorrt" if chosen["tensorrt"] is not None else shipped_name
-    failures = [f"{target} model ({name}): {reason}"
-                for target, name in dict.fromkeys((("CPU", shipped_name), ("TensorRT", trt_name)))
-                for reason in check(recipe, stages.results["teacher"], stages.results[name])]
-    failures += gate.check_parity(recipe, parity)
+    shipped_name, failures = gate_failures(recipe, stages, chosen, fp32_onnx, parity)
 
     lists = {"split": d.split.sha256, "train": relative(d.train_items, d.root), "val": relative(d.val_items, d.root),
              "calibration": relative(calib_items, d.root)}
@@ -147,6 +139,25 @@ def run_vehicles(recipe: VehiclesRecipe, recipe_path: Path | None = None, data=N
     if failures:
         raise gate.GateFailed("the compressed model did not pass the gate:\n  " + "\n  ".join(failures))
     return report
+
+
+def calibration_crops(recipe: VehiclesRecipe, d: Data, s_params: ImageParams) -> tuple[np.ndarray, list]:
+    """A recorded, seeded draw of training crops for INT8 calibration: (features, their (path, label) items)."""
+    rng = np.random.default_rng(recipe.seed)
+    items = [d.train_items[i] for i in sorted(rng.permutation(len(d.train_items))[:recipe.data.calibration_images])]
+    calib, _, items, _ = vehicles.load_images(items, s_params, progress=False)
+    return calib, items
+
+
+def gate_failures(recipe: VehiclesRecipe, stages: Stages, chosen: dict, fp32_onnx: Path,
+                  parity: dict) -> tuple[str, list[str]]:
+    """(the stage shipped for the CPU, the gate's failures for it and for the model TensorRT gets, and parity's)."""
+    shipped_name = "pruned" if chosen["cpu"] == fp32_onnx else "int8_cpu"
+    trt_name = "int8_tensorrt" if chosen["tensorrt"] is not None else shipped_name
+    failures = [f"{target} model ({name}): {reason}"
+                for target, name in dict.fromkeys((("CPU", shipped_name), ("TensorRT", trt_name)))
+                for reason in check(recipe, stages.results["teacher"], stages.results[name])]
+    return shipped_name, failures + gate.check_parity(recipe, parity)
 
 
 def distil_and_prune(recipe: VehiclesRecipe, teacher: torch.nn.Module, teacher_sha256: str, d: Data,

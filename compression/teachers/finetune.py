@@ -114,8 +114,10 @@ def augment(x: torch.Tensor, y: torch.Tensor, cfg: AugmentSection, g: torch.Gene
 
 @torch.inference_mode()
 def predict(model: MN, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Logits on the CPU, computed on whatever device the model is on."""
     model.eval()
-    return torch.cat([model(x[i:i + batch])[0] for i in range(0, len(x), batch)])
+    dev = next(model.parameters()).device
+    return torch.cat([model(x[i:i + batch].to(dev))[0].cpu() for i in range(0, len(x), batch)])
 
 
 def _ema_update(ema: MN, model: MN, decay: float) -> None:
@@ -128,12 +130,18 @@ def _ema_update(ema: MN, model: MN, decay: float) -> None:
 
 
 def train(model: MN, x_train: torch.Tensor, y_train: torch.Tensor, recipe: TeacherRecipe,
-          evaluate: Callable[[MN], float]) -> tuple[MN, list[dict]]:
-    """Fine-tune in place; return the weights to keep (the EMA when on) and the history.
+          evaluate: Callable[[MN], float], device: str | torch.device = "cpu") -> tuple[MN, list[dict]]:
+    """Fine-tune in place on ``device``; return the weights to keep (the EMA when on), on the CPU,
+    and the history. Batches and their augmentation are drawn on the CPU (the same seeded numbers
+    whatever the device) and moved to the device.
 
     ``evaluate`` scores a model on the validation fold after every epoch, for the
     curve in the report; the schedule is fixed, so no epoch is picked by it.
     """
+    from ..devices import resolve_device
+
+    dev = resolve_device(device)
+    model.to(dev)
     gen = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     n_classes = model.classifier[5].out_features
@@ -158,6 +166,7 @@ def train(model: MN, x_train: torch.Tensor, y_train: torch.Tensor, recipe: Teach
             scale = warmup_cosine(step, total, warmup)
             for grp in groups:
                 grp["lr"] = grp["base_lr"] * scale
+            x, y = x.to(dev), y.to(dev)
             loss = torch.sum(-y * torch.log_softmax(model(x)[0], dim=1), dim=1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -170,4 +179,4 @@ def train(model: MN, x_train: torch.Tensor, y_train: torch.Tensor, recipe: Teach
         acc = evaluate(kept)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_accuracy": acc})
         tqdm.write(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.3f}, val accuracy {acc:.4f}")
-    return kept.eval(), history
+    return kept.cpu().eval(), history

@@ -94,12 +94,13 @@ def split_clips(root: Path, val_fold: str) -> tuple[list, list]:
     return train, val
 
 
-def run(data: str | Path | None, out: Path, recipe_path: Path | None = None, **overrides) -> dict:
-    """Fine-tune, evaluate and write the teacher folder; returns the report."""
-    recipe_path = recipe_path or DEFAULT_RECIPE
-    recipe = load_yaml(recipe_path, TeacherRecipe)
-    if overrides:
-        recipe = TeacherRecipe.model_validate({**recipe.model_dump(), **overrides})
+def run(data: str | Path | None, out: Path, recipe_path: Path | None = None, *, device: str = "auto",
+        **overrides) -> dict:
+    """Fine-tune (on ``device``: auto | cpu | cuda[:N]), evaluate and write the teacher folder; returns the report."""
+    from ..devices import resolve_device
+
+    recipe = _load_recipe(recipe_path, overrides)
+    dev = resolve_device(device)
     data_root = resolve_data_dir(data)
     us_root = urbansound.find_root(data)
     ckpt_path = data_root / recipe.checkpoint
@@ -112,6 +113,8 @@ def run(data: str | Path | None, out: Path, recipe_path: Path | None = None, **o
     train_clips, val_clips = split_clips(us_root, recipe.val_fold)
     if recipe.max_clips:
         train_clips, val_clips = train_clips[:recipe.max_clips], val_clips[:recipe.max_clips]
+    log.info("training on %s (%d clips), validating on %s (%d clips), device %s",
+             ", ".join(sorted({c.fold for c in train_clips})), len(train_clips), recipe.val_fold, len(val_clips), dev)
     t0 = time.time()
     x_train, y_train, train_clips = clip_features(train_clips, "train")
     x_val, y_val, val_clips = clip_features(val_clips, "val")
@@ -129,21 +132,20 @@ def run(data: str | Path | None, out: Path, recipe_path: Path | None = None, **o
         return float((finetune.predict(m, x_val).argmax(1) == y_val).float().mean())
 
     t0 = time.time()
-    model, history = finetune.train(model, x_train, y_train, recipe, val_accuracy)
+    model, history = finetune.train(model, x_train, y_train, recipe, val_accuracy, device=dev)
     t_train = time.time() - t0
 
     val_logits = finetune.predict(model, x_val)
     train_logits = finetune.predict(model, x_train)
     final = classification_report(y_val.numpy(), val_logits.argmax(1).numpy(), labels)
+    report = _report(recipe, train_clips, val_clips, zero_shot, final, history, t_features, t_train, dev)
+    _write_folder(out, model, recipe, report, us_root, ckpt_path, train_clips, val_clips, train_logits, val_logits)
+    return report
 
-    save_checkpoint(model, out / "teacher.pt", labels)
-    rel = lambda clips: [c.path.relative_to(us_root).as_posix() for c in clips]  # noqa: E731
-    np.savez_compressed(out / "teacher_logits.npz",
-                        train_paths=np.array(rel(train_clips)), train_logits=train_logits.numpy(),
-                        val_paths=np.array(rel(val_clips)), val_logits=val_logits.numpy())
-    write_json({"val_fold": recipe.val_fold, "train": rel(train_clips), "val": rel(val_clips)},
-               out / "splits.json")
-    report = {
+
+def _report(recipe: TeacherRecipe, train_clips: list, val_clips: list, zero_shot: dict, final: dict,
+            history: list, t_features: float, t_train: float, device: torch.device) -> dict:
+    return {
         "task": "noise",
         "model": "mn04 (EfficientAT, AudioSet mAP .432) fine-tuned on UrbanSound8K",
         "val_fold": recipe.val_fold,
@@ -156,12 +158,33 @@ def run(data: str | Path | None, out: Path, recipe_path: Path | None = None, **o
         "seconds": {"features": round(t_features, 1), "fine_tune": round(t_train, 1),
                     "per_epoch": round(t_train / recipe.epochs, 1)},
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "licence": "trained on UrbanSound8K (CC BY-NC 3.0): non-commercial use only",
     }
+
+
+def _load_recipe(recipe_path: Path | None, overrides: dict) -> TeacherRecipe:
+    recipe = load_yaml(recipe_path or DEFAULT_RECIPE, TeacherRecipe)
+    if overrides:
+        recipe = TeacherRecipe.model_validate({**recipe.model_dump(), **overrides})
+    return recipe
+
+
+def _write_folder(out: Path, model: MN, recipe: TeacherRecipe, report: dict, us_root: Path, ckpt_path: Path,
+                  train_clips: list, val_clips: list, train_logits: torch.Tensor, val_logits: torch.Tensor) -> None:
+    """The checkpoint, its logits, the exact splits, the report and plots, and the manifest over them all."""
+    labels, final = list(urbansound.LABELS), report["fine_tuned"]
+    save_checkpoint(model, out / "teacher.pt", labels)
+    rel = lambda clips: [c.path.relative_to(us_root).as_posix() for c in clips]  # noqa: E731
+    np.savez_compressed(out / "teacher_logits.npz",
+                        train_paths=np.array(rel(train_clips)), train_logits=train_logits.numpy(),
+                        val_paths=np.array(rel(val_clips)), val_logits=val_logits.numpy())
+    write_json({"val_fold": recipe.val_fold, "train": rel(train_clips), "val": rel(val_clips)},
+               out / "splits.json")
     write_json(report, out / "report.json")
     plot_confusion(final["confusion"], labels, out / "confusion.png",
                    f"noise teacher, {recipe.val_fold}: accuracy {final['accuracy']:.3f}")
-    plot_curves(history, out / "curves.png", "noise teacher fine-tuning")
+    plot_curves(report["history"], out / "curves.png", "noise teacher fine-tuning")
     files = [out / n for n in ("teacher.pt", "teacher_logits.npz", "splits.json", "report.json",
                                "confusion.png", "curves.png")]
     write_manifest(
@@ -172,8 +195,7 @@ def run(data: str | Path | None, out: Path, recipe_path: Path | None = None, **o
         data_lists={"train": urbansound.data_list_sha256(train_clips, us_root),
                     "val": urbansound.data_list_sha256(val_clips, us_root)},
         extra={"task": "noise", "labels": labels, "frontend": TEACHER_LOGMEL.to_dict(),
-               "window_seconds": WINDOW_SECONDS,
+               "window_seconds": WINDOW_SECONDS, "training_folds": report["train_folds"],
                "params": sum(p.numel() for p in model.parameters()),
                "metrics": {"accuracy": final["accuracy"], "macro_f1": final["macro_f1"]}},
     )
-    return report
