@@ -91,6 +91,19 @@ def _prune(model: nn.Module, example: torch.Tensor, layer: nn.Module, remove: li
     group.prune()
 
 
+def _prune_refit(student: nn.Module, example: torch.Tensor, producer: nn.Module, consumer: nn.Linear, k: int,
+                 target: torch.Tensor, x: torch.Tensor, fn) -> None:
+    """Keep the ``k`` outputs of ``producer`` that contribute most to the linear ``consumer`` (mean
+    |input| x the norm of its weight column), then re-fit ``consumer`` by least squares to ``target``."""
+    a = _capture(student, consumer, x, positions=None)
+    contrib = a.abs().mean(0).float() * consumer.weight.detach().norm(dim=0)
+    _prune(student, example, producer, _keep(contrib, k), fn)
+    w, b = _lstsq(_capture(student, consumer, x, positions=None), target)
+    with torch.no_grad():
+        consumer.weight.copy_(w)
+        consumer.bias.copy_(b)
+
+
 def prune_block(student: nn.Module, original: nn.Module, block_index: int, keep: float,
                 x: torch.Tensor, example: torch.Tensor, se_keep: float | None = None) -> None:
     """Prune and re-fit one inverted-residual block of ``student.body`` (see the module docstring).
@@ -123,19 +136,10 @@ def prune_block(student: nn.Module, original: nn.Module, block_index: int, keep:
     # 2. SE bottleneck, re-fit fc2 to the original gate logits
     if has_se:
         se, ose = blk.block[2].conc_se_layers[0], oblk.block[2].conc_se_layers[0]
-        s_in = _capture(student, se.fc2, x, positions=None)              # relu(fc1(...)), (N, S)
         target = _capture(original, ose.fc2, x, positions=None, output=True)  # original gate logits
         kept_channels = [c for c in range(width) if c not in set(removed)]
-        target = target[:, kept_channels]
         ks = min(se.fc1.out_features, round8(se.fc1.out_features * (keep if se_keep is None else se_keep)))
-        contrib = s_in.abs().mean(0).float() * se.fc2.weight.detach().norm(dim=0)
-        removed_s = _keep(contrib, ks)
-        _prune(student, example, se.fc1, removed_s, tp.prune_linear_out_channels)
-        s_in = _capture(student, se.fc2, x, positions=None)
-        w, b = _lstsq(s_in, target)
-        with torch.no_grad():
-            se.fc2.weight.copy_(w)
-            se.fc2.bias.copy_(b)
+        _prune_refit(student, example, se.fc1, se.fc2, ks, target[:, kept_channels], x, tp.prune_linear_out_channels)
 
     # 3. projection re-fitted to the original pre-BN block output
     a = _capture(student, proj, x)
@@ -154,27 +158,13 @@ def prune_head(student: nn.Module, original: nn.Module, keep_embedding: float, k
     last = body.features[-1][0]
     fc_hidden, fc_out = body.classifier[2], body.classifier[5]
     # embedding channels -> re-fit the hidden layer's pre-activation
-    e = _capture(student, fc_hidden, x, positions=None)
-    contrib = e.abs().mean(0).float() * fc_hidden.weight.detach().norm(dim=0)
-    _prune(student, example, last, _keep(contrib, round8(last.out_channels * keep_embedding)),
-           tp.prune_conv_out_channels)
-    e = _capture(student, fc_hidden, x, positions=None)
-    h = _capture(original, obody.classifier[2], x, positions=None, output=True)
-    w, b = _lstsq(e, h)
-    with torch.no_grad():
-        fc_hidden.weight.copy_(w)
-        fc_hidden.bias.copy_(b)
+    hidden = _capture(original, obody.classifier[2], x, positions=None, output=True)
+    _prune_refit(student, example, last, fc_hidden, round8(last.out_channels * keep_embedding), hidden, x,
+                 tp.prune_conv_out_channels)
     # hidden units -> re-fit the output layer to the original logits
-    hid = _capture(student, fc_out, x, positions=None)
-    contrib = hid.abs().mean(0).float() * fc_out.weight.detach().norm(dim=0)
-    _prune(student, example, fc_hidden, _keep(contrib, round8(fc_hidden.out_features * keep_hidden)),
-           tp.prune_linear_out_channels)
-    hid = _capture(student, fc_out, x, positions=None)
     logits = _capture(original, obody.classifier[5], x, positions=None, output=True)
-    w, b = _lstsq(hid, logits)
-    with torch.no_grad():
-        fc_out.weight.copy_(w)
-        fc_out.bias.copy_(b)
+    _prune_refit(student, example, fc_hidden, fc_out, round8(fc_hidden.out_features * keep_hidden), logits, x,
+                 tp.prune_linear_out_channels)
 
 
 def reconstruct(student: nn.Module, x: torch.Tensor, keep: float, keep_head: float | None = None,

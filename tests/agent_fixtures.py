@@ -158,6 +158,17 @@ def city_broker(tmp_path):
     b.stop()
 
 
+@pytest.fixture
+def observed_broker(tmp_path):
+    """One broker (sensors and city) and a Collector of everything on it: (broker, observer). Both stop
+    after the test's own teardown (its ``finally``: stop the agent first)."""
+    b = Broker(tmp_path / "broker")
+    observer = Collector(b.port)
+    yield b, observer
+    observer.close()
+    b.stop()
+
+
 # ------------------------------------------------------------------------- subscriber
 
 class Collector:

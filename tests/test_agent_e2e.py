@@ -21,8 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.payloads import AUDIO_HEADER, encode_audio, topic_for
 from agent.sources.replay import replay
-from agent_fixtures import (DOG, REPO, SIREN, AgentProcess, Broker, Collector, clip_folder, linear_model,
-                            write_agent_config)
+from agent_fixtures import DOG, REPO, SIREN, AgentProcess, Collector, clip_folder, linear_model, write_agent_config
 from upstream_schema import check_upstream
 
 DEVICE = "test-0001"
@@ -50,9 +49,9 @@ def _drained(collector: Collector, since: float) -> dict | None:
 
 
 @pytest.fixture
-def rig(tmp_path, noise_model):
+def rig(tmp_path, noise_model, broker, city_broker):
     """Sensors broker, city broker, an upstream collector, and a function that starts the agent."""
-    sensors, city = Broker(tmp_path / "sensors"), Broker(tmp_path / "city")
+    sensors, city = broker, city_broker
     collector = Collector(city.port)
     agents: list[AgentProcess] = []
 
@@ -66,8 +65,6 @@ def rig(tmp_path, noise_model):
     for a in agents:
         a.stop()
     collector.close()
-    sensors.stop()
-    city.stop()
     # Privacy, in every end-to-end run: each upstream message is a small JSON document of a known
     # kind, with no audio or image bytes in it (raw or base64).
     with collector._lock:

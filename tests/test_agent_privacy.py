@@ -21,7 +21,7 @@ import pytest
 from agent.features.detector import DetectorParams
 from agent.features.image import ImageParams
 from agent.sources.replay import replay
-from agent_fixtures import Broker, Collector, linear_model, write_agent_config
+from agent_fixtures import Broker, Collector, clip_folder, linear_model, write_agent_config
 from ops_fixtures import DEVICE, InProcessAgent, base_topic, publish, wait_until
 from upstream_schema import check_upstream
 
@@ -29,14 +29,8 @@ CLIPS = ["106905-8-0-0", "106905-8-0-1", "101415-3-0-2", "101415-3-0-3"]  # sire
 
 
 def _inputs(data_dir: Path, out: Path) -> tuple[Path, Path, Path]:
-    audio, images = out / "audio", out / "images"
-    audio.mkdir(parents=True)
+    audio, images = clip_folder(data_dir, out / "audio", CLIPS), out / "images"
     images.mkdir()
-    for i, name in enumerate(CLIPS):
-        found = sorted((data_dir / "urbansound8k").glob(f"fold*/{name}.flac"))
-        if not found:
-            pytest.skip(f"clip {name} not in {data_dir}")
-        (audio / f"{i:02d}.flac").symlink_to(found[0])
     jpgs = sorted((data_dir / "vehicles").glob("*/*.jpg"))[::40][:16]
     if not jpgs:
         pytest.skip(f"no vehicle crops in {data_dir / 'vehicles'}")

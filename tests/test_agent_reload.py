@@ -16,7 +16,7 @@ import yaml
 from agent.config import config_hash, load_config
 from agent.reload import restart_keys
 from agent.signing import sign_bytes
-from agent_fixtures import AgentProcess, Broker, Collector, write_agent_config
+from agent_fixtures import AgentProcess, write_agent_config
 from ops_fixtures import InProcessAgent, base_topic, keypair, publish, send_audio, tone, wait_until
 
 
@@ -51,9 +51,8 @@ def test_which_changes_apply_in_place(tmp_path, noise_model):
     assert sorted(restart_keys(old, moved)) == ["device.site", "uplink.topic_prefix"]
 
 
-def test_reload_command_refuses_a_bad_config_and_applies_a_good_one(tmp_path, noise_model):
-    broker = Broker(tmp_path / "broker")
-    observer = Collector(broker.port)
+def test_reload_command_refuses_a_bad_config_and_applies_a_good_one(tmp_path, noise_model, observed_broker):
+    broker, observer = observed_broker
     key, public = keypair(tmp_path / "keys")
     path = write_agent_config(tmp_path / "agent", noise_model, broker.port, broker.port,
                               updates={"trusted_keys": [str(public)]})
@@ -90,13 +89,11 @@ def test_reload_command_refuses_a_bad_config_and_applies_a_good_one(tmp_path, no
         assert agent.error is None and agent.thread.is_alive()
     finally:
         agent.stop()
-        observer.close()
-        broker.stop()
 
 
-def test_sighup_rereads_the_file_refuses_bad_and_restarts_for_connection_changes(tmp_path, noise_model):
-    broker = Broker(tmp_path / "broker")
-    observer = Collector(broker.port)
+def test_sighup_rereads_the_file_refuses_bad_and_restarts_for_connection_changes(tmp_path, noise_model,
+                                                                                 observed_broker):
+    broker, observer = observed_broker
     path = write_agent_config(tmp_path / "agent", noise_model, broker.port, broker.port)
     agent = AgentProcess(path, tmp_path / "agent.log")
     try:
@@ -120,5 +117,3 @@ def test_sighup_rereads_the_file_refuses_bad_and_restarts_for_connection_changes
         assert second["ch"] == ack["ch"] != first["ch"] and agent.alive()
     finally:
         assert agent.stop() == 0, agent.tail()
-        observer.close()
-        broker.stop()

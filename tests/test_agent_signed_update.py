@@ -20,7 +20,7 @@ import pytest
 
 from agent.signing import sign_manifest
 from agent.updates import make_bundle
-from agent_fixtures import Broker, Collector, linear_model, write_agent_config
+from agent_fixtures import Collector, linear_model, write_agent_config
 from ops_fixtures import (InProcessAgent, base_topic, keypair, model_command, publish, send_audio, signed_copy,
                           tone, wait_until)
 
@@ -47,10 +47,9 @@ def _new_version(folder: Path) -> None:
 
 
 @pytest.fixture
-def rig(tmp_path, noise_model):
+def rig(tmp_path, noise_model, observed_broker):
     """One broker (sensors and city), an observer, keys, and a function that starts the agent."""
-    broker = Broker(tmp_path / "broker")
-    observer = Collector(broker.port)
+    broker, observer = observed_broker
     private, public = keypair(tmp_path / "keys")
     agents: list[InProcessAgent] = []
 
@@ -65,8 +64,6 @@ def rig(tmp_path, noise_model):
     yield broker, observer, private, start
     for a in agents:
         a.stop()
-    observer.close()
-    broker.stop()
 
 
 def _state(observer: Collector, boot: int) -> dict | None:

@@ -30,7 +30,7 @@ from agent.config import AgentConfig, load_config
 from agent.runtime import Agent
 from agent.schema import MAX_CONFIG_BYTES, ConfigError, load_text
 from agent.signing import sign_bytes
-from agent_fixtures import REPO, AgentProcess, Broker, Collector, write_agent_config
+from agent_fixtures import REPO, AgentProcess, write_agent_config
 from ops_fixtures import DEVICE, InProcessAgent, base_topic, keypair, model_command, publish, signed_copy, wait_until
 
 TEST_YAML = (REPO / "firmware_configs" / "test.yaml").read_text()
@@ -293,9 +293,8 @@ def test_a_reload_reschedules_the_heartbeat(tmp_path, noise_model):
         a.outbox.close()
 
 
-def test_health_reports_a_stopped_agent_after_an_in_process_restart(tmp_path, noise_model):
-    broker = Broker(tmp_path / "broker")
-    observer = Collector(broker.port)
+def test_health_reports_a_stopped_agent_after_an_in_process_restart(tmp_path, noise_model, observed_broker):
+    broker, observer = observed_broker
     path = write_agent_config(tmp_path / "agent", noise_model, broker.port, broker.port)
     proc = AgentProcess(path, tmp_path / "agent.log")
     health = str(tmp_path / "agent" / "state" / "health.json")
@@ -317,8 +316,6 @@ def test_health_reports_a_stopped_agent_after_an_in_process_restart(tmp_path, no
         wait_until(lambda: check().returncode == 0, 15, "healthy again once it runs")
     finally:
         assert proc.stop() == 0, proc.tail()
-        observer.close()
-        broker.stop()
 
 
 def test_an_infinite_period_in_a_health_file_is_not_healthy(tmp_path):
@@ -331,9 +328,9 @@ def test_an_infinite_period_in_a_health_file_is_not_healthy(tmp_path):
 
 # ----------------------------------------------------------------------------- MQTT identity
 
-def test_reconnecting_with_the_agents_old_fixed_client_ids_does_not_silence_it(tmp_path, noise_model):
-    broker = Broker(tmp_path / "broker")
-    observer = Collector(broker.port)
+def test_reconnecting_with_the_agents_old_fixed_client_ids_does_not_silence_it(tmp_path, noise_model,
+                                                                               observed_broker):
+    broker, observer = observed_broker
     agent = InProcessAgent(write_agent_config(tmp_path / "agent", noise_model, broker.port, broker.port))
     a = agent.agent
     try:
@@ -357,13 +354,10 @@ def test_reconnecting_with_the_agents_old_fixed_client_ids_does_not_silence_it(t
         assert not [s for s in observer.payloads("/state") if not s.get("online")]  # no faked "offline" will
     finally:
         agent.stop()
-        observer.close()
-        broker.stop()
 
 
-def test_a_retained_command_is_ignored_at_every_start(tmp_path, noise_model):
-    broker = Broker(tmp_path / "broker")
-    observer = Collector(broker.port)
+def test_a_retained_command_is_ignored_at_every_start(tmp_path, noise_model, observed_broker):
+    broker, observer = observed_broker
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="ops")
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
@@ -380,5 +374,3 @@ def test_a_retained_command_is_ignored_at_every_start(tmp_path, noise_model):
         assert [x["id"] for x in observer.payloads("/cmd/model/ack")] == ["live-1"]
     finally:
         agent.stop()
-        observer.close()
-        broker.stop()

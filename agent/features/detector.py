@@ -27,11 +27,13 @@ device, the ring buffer starts again. Both sides therefore see only gap-free his
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+from . import params_from_dict
 
 SECONDS_PER_DAY = 86400
 FREE, SLOWED, CONGESTED = 0, 1, 2
@@ -92,17 +94,7 @@ class DetectorParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectorParams:
         """Exact inverse of to_dict: every field must be present, no unknown keys."""
-        d = dict(d)
-        kind = d.pop("kind", None)
-        if kind != "detector":
-            raise DetectorParamsError(f"front-end kind is {kind!r}, expected 'detector'")
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(d) - names), sorted(names - set(d))
-        if unknown:
-            raise DetectorParamsError(f"unknown detector parameter(s) {unknown}; known: {sorted(names)}")
-        if missing:
-            raise DetectorParamsError(f"missing detector parameter(s) {missing}")
-        return cls(**d)
+        return params_from_dict(cls, d, "detector", DetectorParamsError)
 
 
 def speed_state(speed, params: DetectorParams = DetectorParams()):

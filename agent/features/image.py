@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from . import params_from_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,17 +72,7 @@ class ImageParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageParams:
         """Exact inverse of to_dict: every field must be present, no unknown keys."""
-        d = dict(d)
-        kind = d.pop("kind", None)
-        if kind != "image":
-            raise ImageParamsError(f"front-end kind is {kind!r}, expected 'image'")
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(d) - names), sorted(names - set(d))
-        if unknown:
-            raise ImageParamsError(f"unknown image parameter(s) {unknown}; known: {sorted(names)}")
-        if missing:
-            raise ImageParamsError(f"missing image parameter(s) {missing}")
-        return cls(**d)
+        return params_from_dict(cls, d, "image", ImageParamsError)
 
     @property
     def output_shape(self) -> tuple[int, int, int]:

@@ -1,8 +1,9 @@
 """The congestion compression recipe (compression/recipes/congestion.yaml): data with a schema.
 
 Strict sections like the noise recipe's: an unknown or wrong key is an error naming its
-dotted path and line. The quantise section is the noise recipe's; the rest is the
-detector task's own (held-out detectors and days, a sequence teacher, a tiny student).
+dotted path and line. The top level, training, budget and quantise sections are every
+recipe's (compression/recipe_base.py); the rest is the detector task's own (held-out
+detectors and days, a sequence teacher, a tiny student).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from agent.features.detector import DetectorParams
 from agent.schema import StrictModel
 
-from ..recipe import QuantiseSection
+from ..recipe_base import BudgetBase, PositiveInts, RecipeBase, TrainBase, with_defaults
 
 
 class DataSection(StrictModel):
@@ -44,14 +45,11 @@ class DataSection(StrictModel):
         return self
 
 
-class TrainSection(StrictModel):
-    epochs: int = Field(4, ge=0, description="passes over windows_per_epoch windows")
+class TrainSection(with_defaults(TrainBase, epochs=Field(4, description="passes over windows_per_epoch windows"),
+                                  lr=2e-3, weight_decay=1e-4, batch_size=512)):
     windows_per_epoch: int | None = Field(None, ge=1, description="a seeded draw of training windows per epoch "
                                                                   "(neighbouring windows overlap by all but one "
                                                                   "reading); all of them when unset")
-    lr: float = Field(2e-3, gt=0, description="peak AdamW learning rate (warm-up + cosine)")
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(512, ge=1)
 
 
 class TeacherSection(StrictModel):
@@ -66,14 +64,7 @@ class TeacherSection(StrictModel):
 
 class StudentSection(StrictModel):
     type: Literal["mlp"] = Field("mlp", description="a multilayer perceptron on the front-end's vector")
-    hidden: list[int] = Field([96, 96], description="widths of the hidden layers")
-
-    @field_validator("hidden")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if not v or any(h < 1 for h in v):
-            raise ValueError("must be a non-empty list of positive integers")
-        return v
+    hidden: PositiveInts = Field([96, 96], description="widths of the hidden layers")
 
 
 class DistilSection(TrainSection):
@@ -89,8 +80,8 @@ class LossSection(StrictModel):
                                               "offsets that maximise macro-F1 on the training windows")
 
 
-class BudgetSection(StrictModel):
-    max_params: int = Field(20_000, ge=1, description="parameters of the shipped student")
+class BudgetSection(with_defaults(BudgetBase, max_params=20_000)):
+    pass
 
 
 class GateSection(StrictModel):
@@ -133,12 +124,10 @@ class WarningSection(StrictModel):
         return sorted(v)
 
 
-class CongestionRecipe(StrictModel):
+class CongestionRecipe(RecipeBase):
     task: Literal["congestion"] = "congestion"
     name: str = Field(description="artefact name, e.g. congestion-mlp")
-    version: str = Field(description="artefact version (semver)")
     seed: int = Field(0, description="seeds the detector split, the weights and the batch order")
-    threads: int = Field(2, ge=1, description="torch threads for training")
     frontend: dict[str, Any] = Field(default_factory=lambda: DetectorParams().to_dict(),
                                      description="detector front-end (DetectorParams): the contract")
     data: DataSection = DataSection()
@@ -146,7 +135,6 @@ class CongestionRecipe(StrictModel):
     student: StudentSection = StudentSection()
     loss: LossSection = LossSection()
     distil: DistilSection = DistilSection()
-    quantise: QuantiseSection = QuantiseSection()
     budget: BudgetSection = BudgetSection()
     gate: GateSection = GateSection()
     targets: TargetsSection = TargetsSection()
