@@ -23,7 +23,7 @@ from agent.features.audio import LogMelParams, band_centres_hz, frame_centres_s,
 from agent.features.resample import resample
 
 from .recipe import DistilSection
-from .schedule import warmup_cosine
+from .schedule import optimise, warmup_cosine
 
 
 def first_output(out) -> torch.Tensor:
@@ -167,13 +167,8 @@ class Distiller:
                 y = torch.from_numpy(np.stack([vw.target for vw in views])).to(dev)
                 for g in opt.param_groups:
                     g["lr"] = lr * warmup_cosine(step, total, warmup)
-                loss = self.loss(first_output(student(x)), teacher, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimise(opt, self.loss(first_output(student(x)), teacher, y), losses, bar)
                 step += 1
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
             self.epochs_done += 1
             history.append({"run": desc, "epoch": epoch + 1, "loss": float(np.mean(losses))})
             tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}")

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .image_augment import Views
-from .schedule import warmup_cosine
+from .schedule import optimise, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,8 @@ def train(model: nn.Module, views: Views, sched: Schedule, seed: int, desc: str,
                 soft = torch.softmax(teacher.logits(keys, xs[teacher_input]) / temperature, 1)
                 kd = nn.functional.kl_div(torch.log_softmax(logits / temperature, 1), soft, reduction="batchmean")
                 loss = alpha * kd * temperature ** 2 + (1 - alpha) * loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimise(opt, loss, losses, bar)
             step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
         entry = {"run": desc, "epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if on_epoch is not None:
             entry.update(on_epoch(epoch + 1))

@@ -11,7 +11,7 @@ and only then acked. A worker killed anywhere in between loses nothing: the batc
 again and the unique keys store it once. When PostgreSQL is down the batch is not acked and
 is retried (the consumer redelivers); the worker never exits on a bad message or a DB outage.
 Counters are written to ``--stats`` (JSON) every second and at exit: received, batches, alerts,
-summaries, health, states (rows written), duplicates, ignored, db_errors, fetch_errors, dead
+summaries, health, states, shadow, acks (rows written), duplicates, ignored, db_errors, fetch_errors, dead
 {reason: n}, lag {consumer: pending, ack_pending, redelivered} (every 5 s).
 """
 
@@ -174,7 +174,7 @@ class Worker:
             await _quietly(m.ack())
         self.counts["received"] += len(msgs)
         self.counts["batches"] += 1
-        for k in ("alerts", "summaries", "health", "states", "duplicates"):
+        for k in ("alerts", "summaries", "health", "states", "shadow", "acks", "duplicates"):
             self.counts[k] += getattr(w, k)
         self.counts["ignored"] += keep
         self.counts["batch_ms_total"] += int((time.monotonic() - t0) * 1000)
@@ -187,14 +187,19 @@ class Worker:
             at = meta.timestamp if meta.timestamp.tzinfo else meta.timestamp.replace(tzinfo=UTC)
             try:
                 topic = records.parse_subject(m.subject)
-                if topic.kind == "cmd":
-                    ignored += 1  # command traffic: the rollout controller's business, not ingest's
+                if topic.kind == "cmd" and not records.is_ack(topic):
+                    ignored += 1  # the commands themselves (published by operations): nothing to store
                     continue
                 b.saw(topic.device, topic.site, at)
+                if topic.kind == "cmd":  # an answer: the rollout controller reads it from command_acks
+                    b.acks.append({**records.ack_row(topic, m.data, now), "broker_at": at})
+                    continue
                 if topic.kind == "alert":
                     b.alerts.append({**records.alert_row(topic, m.data, now), "broker_at": at})
                 elif topic.kind == "summary":
                     b.summaries.append({**records.summary_row(topic, m.data, now), "broker_at": at})
+                elif topic.kind == "shadow":
+                    b.shadow.append({**records.shadow_row(topic, m.data, now), "broker_at": at})
                 elif topic.kind == "state":
                     b.states.append({**records.state_row(topic, m.data), "broker_at": at})
                 else:

@@ -1,5 +1,6 @@
 """The smallest MQTT 3.1.1 client the simulator needs, on asyncio: connect (will, user, TLS), publish
-QoS 0/1 with PUBACK futures, keepalive pings, and an abrupt ``abort()`` (the network vanishing).
+QoS 0/1 with PUBACK futures, subscribe (QoS 0/1; incoming QoS 1 messages are PUBACKed after
+``on_message`` returns), keepalive pings, and an abrupt ``abort()`` (the network vanishing).
 
 Why not aiomqtt/paho here: the bench runs 1,000 connections and 2,000 alerts/s on the same two
 cores as the system it measures, and paho's per-packet Python work (measured: ~0.57 ms of this
@@ -59,9 +60,9 @@ class _Protocol(asyncio.Protocol):
                     break
             if len(self.buf) < i + n:
                 return
-            kind, body = self.buf[0] >> 4, bytes(self.buf[i:i + n])
+            kind, flags, body = self.buf[0] >> 4, self.buf[0] & 0x0F, bytes(self.buf[i:i + n])
             del self.buf[:i + n]
-            self.c._packet(kind, body)
+            self.c._packet(kind, body, flags)
 
     def connection_lost(self, exc) -> None:
         self.c._lost(exc)
@@ -79,6 +80,8 @@ class Client:
         self._pending: dict[int, asyncio.Future] = {}
         self._mid = 0
         self.closed = asyncio.Event()
+        self.on_message = None  # (topic: str, payload: bytes) -> None, called on the event loop
+        self._subacks: dict[int, asyncio.Future] = {}
         self._ping: asyncio.Task | None = None
 
     async def connect(self) -> None:
@@ -125,8 +128,40 @@ class Client:
         self._transport.write(_packet(first, _str(topic) + struct.pack("!H", self._mid) + payload))
         return fut
 
-    def _packet(self, kind: int, body: bytes) -> None:
-        if kind == 2 and self._connack is not None and not self._connack.done():  # CONNACK
+    async def subscribe(self, topic: str, qos: int = 1, timeout: float | None = None) -> int:
+        """SUBSCRIBE and wait for the SUBACK (``timeout``, default the client's); the granted QoS, or
+        ``MqttLiteError`` for 0x80 (refused)."""
+        if self._transport is None or self._transport.is_closing():
+            raise MqttLiteError("not connected")
+        self._mid = self._mid % 65535 + 1
+        fut = asyncio.get_running_loop().create_future()
+        self._subacks[self._mid] = fut
+        self._transport.write(_packet(0x82, struct.pack("!H", self._mid) + _str(topic) + bytes([qos])))
+        granted = await asyncio.wait_for(fut, timeout or self.timeout)
+        if granted == 0x80:
+            raise MqttLiteError(f"[code:128] SUBACK refused {topic} for {self.client_id}")
+        return granted
+
+    def _incoming(self, flags: int, body: bytes) -> None:
+        qos = (flags >> 1) & 3
+        n = struct.unpack("!H", body[:2])[0]
+        topic, i = body[2:2 + n].decode(), 2 + n
+        mid = None
+        if qos:
+            mid, i = struct.unpack("!H", body[i:i + 2])[0], i + 2
+        if self.on_message is not None:
+            self.on_message(topic, body[i:])
+        if mid is not None and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(_packet(0x40, struct.pack("!H", mid)))
+
+    def _packet(self, kind: int, body: bytes, flags: int = 0) -> None:
+        if kind == 3:  # PUBLISH from the broker
+            self._incoming(flags, body)
+        elif kind == 9 and len(body) >= 3:  # SUBACK
+            fut = self._subacks.pop(struct.unpack("!H", body[:2])[0], None)
+            if fut is not None and not fut.done():
+                fut.set_result(body[2])
+        elif kind == 2 and self._connack is not None and not self._connack.done():  # CONNACK
             self._connack.set_result(body[1] if len(body) >= 2 else 255)
         elif kind == 4 and len(body) >= 2:  # PUBACK
             fut = self._pending.pop(struct.unpack("!H", body[:2])[0], None)
@@ -140,10 +175,11 @@ class Client:
         err = MqttLiteError(f"connection to {self.host}:{self.port} lost" + (f": {exc}" if exc else ""))
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(err)
-        for fut in self._pending.values():
+        for fut in [*self._pending.values(), *self._subacks.values()]:
             if not fut.done():
                 fut.set_exception(err)
         self._pending.clear()
+        self._subacks.clear()
 
     async def disconnect(self) -> None:
         """Clean: DISCONNECT first, so the broker drops the will."""

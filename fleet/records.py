@@ -2,8 +2,9 @@
 
 The wire format is the agent's (docs/mqtt.md section 2; ``agent.alerts`` writes it): this module
 only reads it. Subjects are MQTT topics with ``/`` as ``.``:
-``roadside.v1.<site>.<device>.alert.<kind>`` | ``.summary`` | ``.state`` | ``.health`` (and
-``.cmd.<name>[.ack]``, the command traffic, which ingest leaves alone).
+``roadside.v1.<site>.<device>.alert.<kind>`` | ``.summary`` | ``.state`` | ``.health`` | ``.shadow``
+(a candidate model's comparison, docs/rollouts.md) and ``.cmd.<name>[.ack]``: ingest stores the
+answers (``cmd.<name>.ack``, for the rollout controller) and leaves the commands themselves alone.
 
 The broker lets a pole publish only under its own ``<device>`` (its per-device user), so the
 topic's device is the authenticated one; a payload whose id names another device is refused
@@ -80,6 +81,37 @@ class SummaryMsg(_Wire):
     r: Literal[1] | None = None
 
 
+class ShadowMsg(_Wire):
+    v: Literal[1]
+    id: str = Field(max_length=120)
+    ts: int
+    k: str = Field(max_length=32)
+    cs: str = Field(pattern=r"^[0-9a-f]{16}$")
+    as_: str | None = Field(None, alias="as", pattern=r"^[0-9a-f]{16}$")  # shed by the agent over 256 bytes
+    n: int = Field(ge=0)
+    sk: int = Field(0, ge=0)
+    agr: float | None = Field(None, ge=0, le=1)
+    cf: float | None = Field(None, ge=0, le=1)
+    acf: float | None = Field(None, ge=0, le=1)
+    div: float | None = Field(None, ge=0, le=1)
+    p95: list[float | None] | None = Field(None, min_length=2, max_length=2)
+    err: int = Field(0, ge=0)
+    end: Literal[0, 1] | None = None
+
+
+class AckMsg(BaseModel):
+    # Open like state: commands grow their answers (model, stage, reason, restart, s).
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    v: Literal[1]
+    id: str = Field(min_length=1, max_length=64)
+    cmd: str = Field(max_length=32)
+    ok: bool
+    status: str = Field(max_length=32)
+    ts: int | None = None
+    stage: str | None = Field(None, max_length=32)
+    reason: str | None = None
+
+
 class Loc(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     lat: float = Field(ge=-90, le=90)
@@ -116,7 +148,7 @@ def parse_subject(subject: str) -> Topic:
     site, device, rest = t[2], t[3], t[4:]
     if rest[0] == "alert" and len(rest) == 2:
         return Topic(site, device, "alert", rest[1])
-    if rest in (["summary"], ["state"], ["health"]):
+    if rest in (["summary"], ["state"], ["health"], ["shadow"]):
         return Topic(site, device, rest[0], "")
     if rest[0] == "cmd":
         return Topic(site, device, "cmd", ".".join(rest[1:]))
@@ -210,3 +242,32 @@ def health_row(topic: Topic, payload: bytes, now: dt.datetime) -> dict:
     return {"device": topic.device, "ts": ts, "site": topic.site, "boot": whole("boot"), "up_s": num("up_s"),
             "cpu_pct": num("cpu", "pct"), "rss_mb": num("rss_mb"), "queue": whole("q"),
             "outbox_alerts": whole("out", "alerts"), "doc": payload.decode()}
+
+
+MAX_SHADOW_BYTES = 512   # the pole sends at most 256; room for a future field, not for a document
+MAX_ACK_BYTES = 4096
+
+
+def shadow_row(topic: Topic, payload: bytes, now: dt.datetime) -> dict:
+    r = _model(ShadowMsg, _load(payload, MAX_SHADOW_BYTES))
+    _id_parts(r.id, topic)
+    p95 = r.p95 or [None, None]
+    return {"device": topic.device, "report_id": r.id, "site": topic.site, "ts": _when(r.ts, now), "task": r.k,
+            "cand16": r.cs, "active16": r.as_, "n": r.n, "sk": r.sk, "agr": r.agr, "cf": r.cf, "acf": r.acf,
+            "div": r.div, "p95_active": p95[0], "p95_cand": p95[1], "err": r.err, "final": r.end == 1}
+
+
+def ack_row(topic: Topic, payload: bytes, now: dt.datetime) -> dict:
+    """``cmd/<name>/ack``: the answer to a command (``topic.sub`` is ``<name>.ack``)."""
+    d = _load(payload, MAX_ACK_BYTES)
+    a = _model(AckMsg, d)
+    name = topic.sub[:-len(".ack")]
+    if a.cmd != name:
+        raise Bad("schema", f"ack for {a.cmd!r} published on cmd/{name}/ack")
+    ts = _when(a.ts, now) if a.ts is not None else None
+    return {"device": topic.device, "cmd": name, "cmd_id": a.id, "site": topic.site, "ok": a.ok, "status": a.status,
+            "stage": a.stage, "reason": (a.reason or None) and a.reason[:400], "doc": payload.decode(), "ts": ts}
+
+
+def is_ack(topic: Topic) -> bool:
+    return topic.kind == "cmd" and topic.sub.endswith(".ack") and topic.sub.count(".") == 1

@@ -10,6 +10,8 @@ Seeded: the schedule (exponential gaps at ``rate`` alerts/s over the whole fleet
 confidences and positions come from ``random.Random(seed)``. ``first_sent`` keeps when each
 alert id was first handed to the network, for the bench's publish-to-commit latency.
 One asyncio connection per pole (``fleet.mqttlite``: why not paho there is said in it).
+With ``commands`` a pole also subscribes to its ``cmd/+`` (QoS 1) and answers the rollout
+protocol (``fleet.rollout.simpole``: shadow, promote, abort, model; a ``Behaviour`` per candidate).
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ class SimConfig:
     max_inflight: int = 20
     ca_file: Path | None = None          # TLS with this CA pinned (as the agent does)
     centre: tuple[float, float] = (51.5072, -0.1276)
+    commands: bool = False               # subscribe to cmd/+ and answer the rollout protocol
+    command_qos: int = 1                 # of that subscription: 1 as the agent (a JetStream consumer per pole
+                                         # in NATS); 0 spares a small broker that cost (docs/rollouts.md)
+    trusted_keys: list = field(default_factory=list)   # Ed25519 public keys (updates.trusted_keys)
+    behaviours: dict = field(default_factory=dict)     # bundle or model sha256 -> simpole.Behaviour
+    release: int = 1                     # release of the model every pole starts with
+    model: dict | None = None            # the noise model every pole starts with: {sha256, version} (else MODEL)
 
 
 @dataclass
@@ -74,6 +83,13 @@ class Pole:
         self.connected = False
         self.client = None
         self.away_until = 0.0
+        self.models = {"noise": {"name": MODEL.name, "version": MODEL.version, "sha256": MODEL.sha256,
+                                 "backend": "onnxruntime", "src": "config", "release": sim.cfg.release,
+                                 **(sim.cfg.model or {})}}
+        self.rollout = None
+        if sim.cfg.commands:
+            from .rollout.simpole import PoleRollout
+            self.rollout = PoleRollout(self, sim)
         lat0, lon0 = sim.cfg.centre
         self.loc = {"lat": round(lat0 + self.rng.uniform(-0.05, 0.05), 5), "lon": round(lon0 + self.rng.uniform(-0.08, 0.08), 5)}
 
@@ -103,8 +119,7 @@ class Pole:
     def birth(self) -> bytes:
         return json.dumps({"v": 1, "online": True, "ts": int(time.time() * 1000), "boot": self.origin.boot,
                            "agent": "sim", "ch": CONFIG_HASH, "loc": self.loc, "proto": "3.1.1",
-                           "models": {"noise": {"name": MODEL.name, "version": MODEL.version, "sha256": MODEL.sha256,
-                                                "backend": "onnxruntime", "src": "config"}}},
+                           "models": self.models},
                           separators=(",", ":")).encode()
 
     def death(self) -> bytes:
@@ -134,6 +149,11 @@ class Pole:
                 self.client, self.connected, attempt = client, True, 0
                 self.sim.stats.connects += 1
                 await client.publish(f"{self.base}/state", self.birth(), 1, True)
+                if self.rollout is not None:
+                    client.on_message = self.rollout.on_message
+                    # NATS makes a JetStream consumer per QoS 1 subscription: 1,000 at once take a while on a
+                    # busy machine, and giving up (reconnecting) would only make it do the work again.
+                    await client.subscribe(f"{self.base}/cmd/+", self.sim.cfg.command_qos, timeout=120.0)
                 await self._pump(client, stop)
                 if not client.closed.is_set():  # a clean stop says so itself; the will is for vanishing
                     await client.publish(f"{self.base}/state", self.death(), 1, True)
@@ -235,6 +255,9 @@ class Simulator:
         self.rng = random.Random(cfg.seed)
         self.stop_event = asyncio.Event()
         self._paused: set[int] = set()
+        if cfg.commands:
+            from .rollout.simpole import BundleCache
+            self.bundles = BundleCache(cfg.trusted_keys)
 
     async def start(self, connect_timeout: float = 120.0) -> None:
         self.tasks = [asyncio.create_task(p.run(self.stop_event)) for p in self.poles]

@@ -26,6 +26,13 @@ SUMMARY_COLS = [("day", "date"), ("device", "text"), ("summary_id", "text"), ("s
 HEALTH_COLS = [("device", "text"), ("ts", "timestamptz"), ("site", "text"), ("boot", "int"), ("up_s", "float8"),
                ("cpu_pct", "real"), ("rss_mb", "real"), ("queue", "int"), ("outbox_alerts", "int"),
                ("doc", "jsonb"), ("broker_at", "timestamptz")]
+SHADOW_COLS = [("device", "text"), ("report_id", "text"), ("site", "text"), ("ts", "timestamptz"), ("task", "text"),
+               ("cand16", "text"), ("active16", "text"), ("n", "int"), ("sk", "int"), ("agr", "real"), ("cf", "real"),
+               ("acf", "real"), ("div", "real"), ("p95_active", "real"), ("p95_cand", "real"), ("err", "int"),
+               ("final", "bool"), ("broker_at", "timestamptz")]
+ACK_COLS = [("device", "text"), ("cmd", "text"), ("cmd_id", "text"), ("site", "text"), ("ok", "bool"),
+            ("status", "text"), ("stage", "text"), ("reason", "text"), ("doc", "jsonb"), ("ts", "timestamptz"),
+            ("broker_at", "timestamptz")]
 DEAD_COLS = [("subject", "text"), ("reason", "text"), ("detail", "text"), ("payload", "bytea"), ("stream", "text"),
              ("stream_seq", "bigint")]
 
@@ -43,6 +50,8 @@ def _insert(table: str, cols: list[tuple[str, str]], conflict: str, returning: s
 SQL_ALERTS = _insert("alerts", ALERT_COLS, "(device, alert_id, day)", "alert_id")
 SQL_SUMMARIES = _insert("level_summaries", SUMMARY_COLS, "(device, summary_id, day)", "summary_id")
 SQL_HEALTH = _insert("health", HEALTH_COLS, "(device, ts)", "device")
+SQL_SHADOW = _insert("shadow_reports", SHADOW_COLS, "(device, report_id)", "report_id")
+SQL_ACKS = _insert("command_acks", ACK_COLS, "(device, cmd, cmd_id)", "cmd_id")
 SQL_DEAD = _insert("dead_letters", DEAD_COLS, "(stream, stream_seq)", "id")
 
 SQL_SEEN = f"""
@@ -83,6 +92,8 @@ class Batch:
     summaries: list[dict] = field(default_factory=list)
     health: list[dict] = field(default_factory=list)
     states: list[dict] = field(default_factory=list)
+    shadow: list[dict] = field(default_factory=list)   # shadow reports (rollouts)
+    acks: list[dict] = field(default_factory=list)     # command answers (rollouts)
     dead: list[dict] = field(default_factory=list)
     seen: dict[str, tuple[str, object]] = field(default_factory=dict)  # device -> (site, latest broker time)
 
@@ -98,6 +109,8 @@ class Written:
     summaries: int = 0
     health: int = 0
     states: int = 0
+    shadow: int = 0
+    acks: int = 0
     dead: int = 0
     duplicates: int = 0
 
@@ -113,6 +126,8 @@ async def write(conn, b: Batch) -> Written:
         for rows, sql, cols, attr in ((b.alerts, SQL_ALERTS, ALERT_COLS, "alerts"),
                                       (b.summaries, SQL_SUMMARIES, SUMMARY_COLS, "summaries"),
                                       (b.health, SQL_HEALTH, HEALTH_COLS, "health"),
+                                      (b.shadow, SQL_SHADOW, SHADOW_COLS, "shadow"),
+                                      (b.acks, SQL_ACKS, ACK_COLS, "acks"),
                                       (b.dead, SQL_DEAD, DEAD_COLS, "dead")):
             if rows:
                 new = len(await conn.fetch(sql, *_columns(rows, cols)))

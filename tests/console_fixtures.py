@@ -229,3 +229,52 @@ def browser_login(driver, console: Console, role: str, path: str = "/") -> None:
 def console_errors(driver) -> list[str]:
     """Errors the page logged (JS exceptions, refused resources, CSP violations)."""
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+# ---------------------------------------------------------------------- rollouts
+
+def seed_rollouts(db_url: str, prefix: str = "seed") -> dict[str, int]:
+    """Three rollouts written the way the controller writes them (fleet.rollout.store): one completed,
+    one halted by its agreement gate at the canaries, one running (for the abort button). Ids by state."""
+    import asyncio
+    import asyncpg
+
+    from fleet.rollout import gates, store
+
+    def ro(task: str, release: int, stages: list[float]) -> dict:
+        bound = gates.Bounds(max_disagreement=0.09).to_dict()
+        return {"task": task, "bundle_sha256": f"{release:x}" * 64, "model_sha256": f"{release + 1:x}" * 64,
+                "release": release, "version": f"{release}.0", "base_bundle_sha256": "a" * 64,
+                "base_model_sha256": "b" * 64, "base_release": release - 1, "stages": stages,
+                "bounds": {**bound, "sources": {"max_disagreement": "(1 - metrics.int8_cpu.agreement 0.930) + 0.02"}},
+                "settings": {"windows": 300, "minutes": 30, "report_every": 100}}
+    targets = [(f"{prefix}-{i:02d}", f"site-{i % 3}", 0 if i < 1 else 1 if i < 5 else 2) for i in range(10)]
+
+    async def go():
+        conn = await asyncpg.connect(db_url)
+        try:
+            for state in ("running", "halting", "aborting"):  # one at a time per task: finish any leftover
+                await conn.execute("UPDATE rollouts SET state='halted' WHERE state=$1 AND task='vehicles'", state)
+            ids = {}
+            done = await store.create(conn, ro("congestion", 4, [0.1, 0.5, 1.0]), targets, "alice")
+            await store.update_targets(conn, done, [{"device": d, "status": "promoted", "ran": True}
+                                                    for d, *_ in targets])
+            await store.event(conn, done, "completed", {"reason": "every pole runs the candidate"})
+            await store.set_phase(conn, done, stage=2, phase="done", state="completed",
+                                  reason="every pole runs the candidate")
+            ids["completed"] = done
+            bad = await store.create(conn, ro("noise", 7, [0.1, 0.5, 1.0]), targets, "alice")
+            gate = {"gate": "agreement", "value": 0.444, "bound": 0.09, "stage": 0, "phase": "shadow",
+                    "detail": "disagreement 0.444 over 600 windows on 1 poles",
+                    "figures": {"poles": 1, "windows": 600, "agreement": 0.556}}
+            await store.update_targets(conn, bad, [{"device": d, "status": "aborted" if k == 0 else "skipped"}
+                                                   for d, _, k in targets])
+            await store.event(conn, bad, "halted", {"reason": gate["detail"], "gate": gate})
+            await store.set_phase(conn, bad, phase="done", state="halted", gate=gate, reason=gate["detail"])
+            ids["halted"] = bad
+            ids["running"] = await store.create(conn, ro("vehicles", 9, [0.2, 1.0]),
+                                                [(d, site, min(k, 1)) for d, site, k in targets], "carol")
+            return ids
+        finally:
+            await conn.close()
+    return asyncio.run(go())

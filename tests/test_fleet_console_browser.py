@@ -19,9 +19,10 @@ import pytest
 from selenium.webdriver.support.ui import Select
 
 pytest.register_assert_rewrite("console_fixtures")
-from console_fixtures import SHOTS, Pole, browser_login, console_errors, http_session, wait_for  # noqa: E402
+from console_fixtures import (SHOTS, Pole, browser_login, console_errors, http_session, seed_rollouts,  # noqa: E402
+                              wait_for)
 
-PAGES = {"fleet": "/", "live": "/live", "noise": "/noise", "traffic": "/traffic"}
+PAGES = {"fleet": "/", "live": "/live", "noise": "/noise", "traffic": "/traffic", "rollouts": "/rollouts"}
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +106,9 @@ def test_an_alert_from_a_real_agent_is_in_the_page_within_2_s_of_its_windows_end
     the NATS MQTT listener; the page's latency is measured from the window's end, which comes
     before the publish, so it bounds publish -> page from above."""
     from agent.sources.replay import replay
-    from agent_fixtures import AgentProcess, Broker, write_agent_config
+    from agent_fixtures import AgentProcess, Broker, clip_folder, write_agent_config
 
-    clips = tmp_path / "clips"
-    clips.mkdir()
-    for i, name in enumerate(SIREN):
-        found = sorted((data_dir / "urbansound8k").glob(f"fold*/{name}.flac"))
-        if not found:
-            pytest.skip(f"clip {name} not in {data_dir}")
-        (clips / f"{i:03d}-{name}.flac").symlink_to(found[0])
+    clips = clip_folder(data_dir, tmp_path / "clips", SIREN)
     device = "web-agent-1"
     pw = tmp_path / "password"
     pw.write_text(fleet_stack.add_devices({device: "web-site-a"})[device] + "\n")
@@ -260,3 +255,24 @@ def test_pages_load_only_from_the_console_and_weigh_little(browser, console, pol
     print("page weight (bytes):", weights)
     assert all(w["total"] < 40_000 for w in weights.values()), weights
     assert httpx.get(console.url + "/static/console.css").status_code == 200  # static files need no login
+
+
+def test_the_rollouts_page_shows_stages_gates_events_and_an_abort_button_for_operators(browser, console):
+    ids = seed_rollouts(console.db_url, "web-ro")
+    browser_login(browser, console, "viewer", f"/rollouts?id={ids['halted']}")
+    wait_for(lambda: browser.find_elements("css selector", "#events tbody tr"), 10, "the halted rollout's events")
+    assert "agreement = 0.444 (bound 0.090)" in browser.find_element("id", "gate-fired").text
+    assert not browser.find_elements("id", "abort")  # a viewer has no abort button
+    shot(browser, "rollouts_halted")
+    browser_login(browser, console, "operator", f"/rollouts?id={ids['running']}")
+    button = wait_for(lambda: [b for b in browser.find_elements("id", "abort") if b.is_displayed()], 10, "abort button")[0]
+    stages = [r.text for r in browser.find_elements("css selector", "#stages tbody tr")]
+    assert len(stages) == 2 and stages[0].startswith("1 (now)"), stages
+    shot(browser, "rollouts")
+    button.click()
+    browser.switch_to.alert.accept()
+    wait_for(lambda: "Abort requested by" in browser.find_element("id", "abort-msg").text, 10, "abort acknowledged")
+    name = console.users["operator"][0]
+    api = http_session(console, "viewer")
+    assert api.get(f"/api/rollouts/{ids['running']}").json()["rollout"]["abort_requested_by"] == name
+    assert not console_errors(browser)

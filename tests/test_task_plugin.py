@@ -1,10 +1,13 @@
-"""A fourth task added without touching the agent's core: everything about it lives in this file.
+"""A fourth task added without touching either half's core: everything about it lives in this file.
 
 "vibration" reads a pole-mounted accelerometer that streams like a microphone (the audio sensor
-format, at the device's audio rate), computes its own front-end (band energies of one-second windows), runs a tiny
-model fitted here on generated signals, and alerts ``shaking`` upstream through a real broker.
-The agent finds it through the task registry (``agent.tasks.registry.register``): the config's
-``tasks:`` section, the ``model`` command and the task set accept it; nothing in agent/ names it.
+format, at the device's audio rate) and computes its own front-end (band energies of one-second
+windows). Its compression task (``compression.tasks.register``) has a recipe schema, a tiny chain
+(a linear model trained with torch on generated signals, exported to ONNX with the shared exporter
+and manifest writer) and an evaluator, so ``roadside compress`` and ``roadside eval`` run it. Its
+agent task (``agent.tasks.registry.register``) loads that artefact, and alerts ``shaking``
+upstream through a real broker: the config's ``tasks:`` section, the ``model`` command and the
+task set accept it, and nothing in agent/ or compression/ names it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -22,7 +26,8 @@ from agent.config import ModelTaskConfig
 from agent.rules import Rule, softmax
 from agent.tasks import Detection, LoadedModel, dry_run
 from agent.tasks.registry import TaskSpec, model_tasks, register, unregister
-from agent_fixtures import Broker, Collector, linear_model, write_agent_config
+from agent.schema import StrictModel
+from agent_fixtures import Broker, Collector, write_agent_config
 from ops_fixtures import InProcessAgent, send_audio, wait_until
 
 RATE = 16000  # accelerometer samples per second: the device's audio.sample_rate (firmware_configs/test.yaml)
@@ -77,24 +82,81 @@ class VibrationTask:
         return out
 
 
-def fit_tiny_model(folder: Path) -> Path:
-    """Logistic regression on generated windows (numpy gradient descent), written as ONNX + manifest."""
-    rng = np.random.default_rng(7)
-    x = np.stack([band_energies(signal(i % 2 == 1, 1.0, rng)) for i in range(200)])
-    y = np.arange(200) % 2
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    w, b = np.zeros((4, 2)), np.zeros(2)
-    for _ in range(300):
-        p = np.exp((xs := (x - mean) / std) @ w + b)
-        p /= p.sum(1, keepdims=True)
-        grad = p - np.eye(2)[y]
-        w -= 0.5 * xs.T @ grad / len(y)
-        b -= 0.5 * grad.mean(0)
-    # the standardisation folded into the weights: the model takes raw band energies
-    weights, bias = w / std[:, None], b - (mean / std) @ w
+class VibrationRecipe(StrictModel):
+    task: Literal["vibration"] = "vibration"
+    name: str
+    version: str
+    seed: int = 0
+    windows: int = Field(200, ge=20, description="generated training windows, half of them shaking")
+    epochs: int = Field(200, ge=1)
+
+
+def generated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Band energies of ``n`` generated windows, alternately calm and shaking, and their labels."""
+    rng = np.random.default_rng(seed)
+    return np.stack([band_energies(signal(i % 2 == 1, 1.0, rng)) for i in range(n)]), np.arange(n) % 2
+
+
+def run_vibration(recipe: VibrationRecipe, recipe_path, data=None, out=None, work=None) -> dict:
+    """The chain: fit, export with the shared exporter, write the manifest with the shared writer."""
+    import torch
+
+    from compression.export import export_onnx
+    from compression.manifest import sha256_json, write_manifest
+
+    torch.manual_seed(recipe.seed)
+    x, y = generated(recipe.windows, recipe.seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    mean, std = xt.mean(0), xt.std(0) + 1e-6
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(recipe.epochs):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model((xt - mean) / std), yt).backward()
+        opt.step()
+    with torch.no_grad():  # the standardisation folded into the layer: the model takes raw band energies
+        layer = model[0]
+        layer.bias -= (layer.weight * (mean / std)).sum(1)
+        layer.weight /= std
     contract = {"task": "vibration", "labels": LABELS, "frontend": {"kind": "band_energy", "rate": RATE},
-                "window_seconds": 1.0, "name": "vibration-tiny", "version": "0.1"}
-    return linear_model(folder, [4], weights, bias, contract)
+                "window_seconds": 1.0}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(model.eval(), xt[:1], out / "model.onnx", contract)
+    write_manifest(out, stage="student", files=[onnx_path], inputs={}, recipe=recipe.model_dump(),
+                   data_lists={"train": sha256_json([recipe.seed, recipe.windows])},
+                   extra={**contract, "name": recipe.name, "version": recipe.version})
+    return {"task": "vibration", "params": sum(p.numel() for p in model.parameters())}
+
+
+def evaluate_vibration(scorer, data: Path, include_training: bool = False) -> dict:
+    from compression.metrics import classification_report
+
+    x, y = generated(60, seed=12345)  # never the recipe's seed: held-out windows
+    logits = scorer.logits(x)
+    return {**classification_report(y, logits.argmax(1), scorer.labels), "logits": logits}
+
+
+def vibration_data_root(data) -> Path:
+    return Path(data or ".")  # generated: no folder to read
+
+
+@pytest.fixture
+def compressed_vibration(tmp_path):
+    """``roadside compress`` of a vibration recipe: the compression task registered from this file."""
+    from compression.pipeline import run
+    from compression.tasks import CompressionTask, register as register_compression, unregister as drop
+
+    here = __name__
+    register_compression(CompressionTask("vibration", recipe=f"{here}:VibrationRecipe", chain=f"{here}:run_vibration",
+                                         evaluate=f"{here}:evaluate_vibration", data_root=f"{here}:vibration_data_root"))
+    recipe = tmp_path / "vibration.yaml"
+    recipe.write_text("task: vibration\nname: vibration-tiny\nversion: 0.1.0\nseed: 3\n")
+    try:
+        run(recipe, out=tmp_path / "artefact", work=tmp_path / "work", device="cpu")
+        yield tmp_path / "artefact" / "model.onnx"
+    finally:
+        drop("vibration")
 
 
 @pytest.fixture
@@ -105,19 +167,23 @@ def vibration_task():
     unregister("vibration")
 
 
-def test_the_fitted_toy_model_separates_shaking_from_calm(tmp_path):
-    import onnxruntime as ort
+def test_compress_and_eval_run_a_task_registered_outside_compression(compressed_vibration):
+    from compression.evaluate import evaluate
+    from compression.manifest import verify_files
 
-    sess = ort.InferenceSession(str(fit_tiny_model(tmp_path / "m")))
-    rng = np.random.default_rng(99)  # other signals than the fit's
-    x = np.stack([band_energies(signal(i % 2 == 1, 1.0, rng)) for i in range(40)])
-    pred = sess.run(None, {"features": x})[0].argmax(1)
-    assert (pred == np.arange(40) % 2).mean() >= 0.95
+    manifest = json.loads((compressed_vibration.parent / "manifest.json").read_text())
+    assert manifest["task"] == "vibration" and manifest["recipe"]["seed"] == 3
+    assert verify_files(compressed_vibration.parent / "manifest.json") == []
+
+    result = evaluate(compressed_vibration, None)
+
+    assert result["task"] == "vibration" and result["n"] == 60
+    assert result["accuracy"] >= 0.95  # shaking and calm are far apart in band energy
 
 
-def test_a_task_defined_outside_the_agent_is_configured_run_and_alerted_upstream(tmp_path, noise_model,
-                                                                                  vibration_task):
-    model = fit_tiny_model(tmp_path / "vibration")
+def test_the_compressed_task_is_configured_run_and_alerted_upstream_by_the_agent(tmp_path, noise_model,
+                                                                                   vibration_task, compressed_vibration):
+    model = compressed_vibration
     broker = Broker(tmp_path / "broker")
     city = Collector(broker.port)
     rule = {"cooldown_s": 0, "classes": {"shaking": {"threshold": 0.8}}}
@@ -134,7 +200,7 @@ def test_a_task_defined_outside_the_agent_is_configured_run_and_alerted_upstream
                    rate=RATE)
         alerts = city.wait_for(lambda c: c.payloads("/alert/vibration"), 30, "a vibration alert")
         assert alerts[0]["k"] == "vibration" and alerts[0]["c"] == "shaking" and alerts[0]["s"] == "acc0"
-        assert alerts[0]["mn"] == "vibration-tiny"
+        assert alerts[0]["mn"] == "vibration-tiny" and alerts[0]["mv"] == "0.1.0"
         # the first shaking window ends 4 s into the signal: the three calm ones before it raised nothing
         assert alerts[0]["ts"] >= t0_ms + 3900
         wait_until(lambda: running.agent.health.tasks["vibration"].windows >= 6, 10, "six windows scored")

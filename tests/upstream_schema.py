@@ -29,10 +29,15 @@ class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class Alert(Wire):
+class Stored(Wire):
+    """What every message from the outbox starts with; ``r`` marks one sent from the backlog."""
     v: Literal[1]
     id: str = Field(pattern=ID)
     ts: int
+    r: Literal[1] | None = None
+
+
+class Alert(Stored):
     tq: Literal["s", "f"]
     k: Literal["noise", "vehicles", "congestion", "level"]
     s: str = Field(max_length=16)
@@ -44,13 +49,9 @@ class Alert(Wire):
     mv: str | None = None
     ms: str | None = Field(None, pattern=HEX16)
     ch: str = Field(pattern=HEX16)
-    r: Literal[1] | None = None
 
 
-class Summary(Wire):
-    v: Literal[1]
-    id: str = Field(pattern=ID)
-    ts: int
+class Summary(Stored):
     tq: Literal["s", "f"]
     k: Literal["level"]
     s: str = Field(max_length=16)
@@ -62,14 +63,10 @@ class Summary(Wire):
     lim: float | int | None
     per: Literal["day", "night"]
     ch: str = Field(pattern=HEX16)
-    r: Literal[1] | None = None
 
 
-class Shadow(Wire):
+class Shadow(Stored):
     """A candidate model's comparison report (docs/rollouts.md): figures only, never a window's data."""
-    v: Literal[1]
-    id: str = Field(pattern=ID)
-    ts: int
     k: Literal["noise", "vehicles", "congestion"]
     cs: str = Field(pattern=HEX16)
     as_: str | None = Field(None, alias="as", pattern=HEX16)
@@ -82,7 +79,6 @@ class Shadow(Wire):
     p95: list[float | int | None] = Field(min_length=2, max_length=2)
     err: int = Field(ge=0)
     end: Literal[0, 1]
-    r: Literal[1] | None = None
 
 
 class ShadowHealth(Wire):

@@ -10,15 +10,12 @@ and the task set are all checked against this table, so adding a task is one new
 
 from __future__ import annotations
 
-import importlib
-import logging
-import pkgutil
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
-log = logging.getLogger("roadside.tasks")
+from ..plugins import Registry
+
 ENTRY_POINT_GROUP = "roadside.tasks"
 
 
@@ -48,50 +45,21 @@ class TaskSpec:
         return getattr(cfg, self.section, None) if self.section else cfg.tasks.get(self.name)
 
 
-_SPECS: dict[str, TaskSpec] = {}
-_discovered = False
+def _check_name(name: str) -> None:
+    # the name is a config key and an alert's kind (``k``)
+    if not name.isidentifier() or len(name) > 16:
+        raise ValueError(f"task name {name!r}: an identifier of at most 16 characters")
+
+
+_TASKS: Registry[TaskSpec] = Registry(__package__, ENTRY_POINT_GROUP, "task", _check_name)
+
+
+# specs(): every task, those of this package's modules (in module order) first, then plug-ins
+specs, get, unregister = _TASKS.all, _TASKS.get, _TASKS.unregister
 
 
 def register(spec: TaskSpec) -> TaskSpec:
-    """Add (or replace, on re-import) a task; its name must be a valid config key and alert kind."""
-    if not spec.name.isidentifier() or len(spec.name) > 16:
-        raise ValueError(f"task name {spec.name!r}: an identifier of at most 16 characters")
-    _SPECS[spec.name] = spec
-    return spec
-
-
-def unregister(name: str) -> None:
-    _SPECS.pop(name, None)
-
-
-def _discover() -> None:
-    """Import every module of this package, then the entry points: each registers its tasks."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    package = importlib.import_module(__package__)
-    for mod in pkgutil.iter_modules(package.__path__):
-        if mod.name != "registry":
-            importlib.import_module(f"{__package__}.{mod.name}")
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as e:  # a broken third-party plug-in must not stop the tasks that work
-            log.error("task plug-in %s refused: %s: %s", ep.name, type(e).__name__, e)
-
-
-def specs() -> dict[str, TaskSpec]:
-    """Every registered task, built-in ones first (in module order)."""
-    _discover()
-    return dict(_SPECS)
-
-
-def get(name: str) -> TaskSpec:
-    try:
-        return specs()[name]
-    except KeyError:
-        raise KeyError(f"unknown task {name!r} (known: {sorted(specs())})") from None
+    return _TASKS.register(spec.name, spec)
 
 
 def model_tasks() -> list[str]:

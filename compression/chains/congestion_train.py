@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..schedule import warmup_cosine
+from ..schedule import optimise, warmup_cosine
 from .congestion_eval import Windows
 from .congestion_metrics import macro_f1_of
 from .congestion_recipe import DistilSection, TrainSection
@@ -123,11 +123,8 @@ def fit(model: nn.Module, loss_fn: Callable, d: Tensors, cfg: TrainSection, spee
         losses = []
         for i in tqdm(range(0, per_epoch, cfg.batch_size), desc=f"{stage} {epoch + 1}/{cfg.epochs}", leave=False):
             loss = loss_fn(model, d, order[i:i + cfg.batch_size], speed_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimise(opt, loss, losses)
             sched.step()
-            losses.append(loss.item())
         history.append({"stage": stage, "epoch": epoch + 1, "train_loss": float(np.mean(losses))})
     model.eval()
     return history

@@ -11,13 +11,11 @@ finder by the model's manifest; none of them names a task. A task from elsewhere
 from __future__ import annotations
 
 import importlib
-import logging
-import pkgutil
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
-log = logging.getLogger("roadside.compression")
+from agent.plugins import Registry
+
 ENTRY_POINT_GROUP = "roadside.compression_tasks"
 
 
@@ -39,40 +37,9 @@ class CompressionTask:
         return getattr(importlib.import_module(module), attr)
 
 
-_TASKS: dict[str, CompressionTask] = {}
-_discovered = False
+_TASKS: Registry[CompressionTask] = Registry(__name__, ENTRY_POINT_GROUP, "task")
+tasks, get, unregister = _TASKS.all, _TASKS.get, _TASKS.unregister
 
 
 def register(task: CompressionTask) -> CompressionTask:
-    _TASKS[task.name] = task
-    return task
-
-
-def unregister(name: str) -> None:
-    _TASKS.pop(name, None)
-
-
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as e:  # one broken plug-in must not hide the working tasks
-            log.error("compression task plug-in %s refused: %s: %s", ep.name, type(e).__name__, e)
-
-
-def tasks() -> dict[str, CompressionTask]:
-    _discover()
-    return dict(_TASKS)
-
-
-def get(name: Any) -> CompressionTask:
-    known = tasks()
-    if name not in known:
-        raise KeyError(f"{name!r} is not a known task (known: {sorted(known)})")
-    return known[name]
+    return _TASKS.register(task.name, task)

@@ -6,7 +6,10 @@ GET  /api/alerts?device&kind&limit  the last alerts stored
 GET  /api/live                      server-sent events: "hello", then "alerts" batches as stored
 GET  /api/noise/{device}?hours      level summaries and the noise/level alerts of that period
 GET  /api/traffic/{device}?hours    congestion alerts (state forecasts) per detector
+GET  /api/rollouts                  the rollouts, newest first (state, stage, poles promoted, ever ran)
+GET  /api/rollouts/{id}             one rollout: bounds, the gate that fired, poles per stage and status, events
 POST /api/alerts/{id}/ack           operator: acknowledge an alert (CSRF + role: auth.action)
+POST /api/rollouts/{id}/abort       operator: ask the rollout's controller to abort it and put every pole back
 """
 
 from __future__ import annotations
@@ -114,8 +117,33 @@ async def traffic(request: Request, device: str = DeviceId, hours: float | None 
             "sensors": sorted({a["s"] for a in rows}), "states": states}
 
 
+@router.get("/rollouts")
+async def rollouts(request: Request, _: auth.User = viewer):
+    return {"rollouts": await queries.rollouts(request.app.state.pool)}
+
+
+@router.get("/rollouts/{rollout_id}")
+async def rollout(request: Request, rollout_id: int = Path(ge=1, le=2**31 - 1), _: auth.User = viewer):
+    out = await queries.rollout(request.app.state.pool, rollout_id)
+    if out is None:
+        raise HTTPException(404, f"no rollout {rollout_id}")
+    return out
+
+
 # ----------------------------------------------------------------------------- actions
-# Every state change: Depends(auth.action(role)). Rollout start/abort (issue 16) go here too.
+# Every state change: Depends(auth.action(role)). Rollouts are started from the CLI (it needs the
+# operator's private key, which the console never holds); the console may abort one.
+
+@router.post("/rollouts/{rollout_id}/abort")
+async def abort_rollout(request: Request, rollout_id: int = Path(ge=1, le=2**31 - 1),
+                        user: auth.User = Depends(auth.action("operator"))):
+    try:
+        state = await queries.abort_rollout(request.app.state.pool, rollout_id, user.name)
+    except LookupError:
+        raise HTTPException(404, f"no rollout {rollout_id}") from None
+    if state != "running":
+        raise HTTPException(409, f"rollout {rollout_id} is {state}: nothing to abort")
+    return {"id": rollout_id, "abort_requested_by": user.name}
 
 @router.post("/alerts/{alert_id}/ack")
 async def acknowledge(request: Request, alert_id: str = Path(max_length=80, pattern=r"^[A-Za-z0-9_-]{1,32}:\d+:\d+$"),

@@ -33,10 +33,9 @@ PAGES = [
     Page("/live", "Live alerts", "live.html"),
     Page("/noise", "Noise", "noise.html"),
     Page("/traffic", "Traffic", "traffic.html"),
-    # ROLLOUTS (issue 16, not built yet) plug in here: Page("/rollouts", "Rollouts", "rollouts.html"),
-    # its JSON under /api/rollouts, and its start/abort routes declared with
-    # Depends(auth.action("operator")), so CSRF and the operator role are checked as for every
-    # state change (see tests/test_fleet_console_auth.py::test_every_state_change_goes_through_the_action_guard).
+    # Rollouts (issue 16): JSON under /api/rollouts; abort is declared with Depends(auth.action("operator")),
+    # so CSRF and the operator role are checked as for every state change.
+    Page("/rollouts", "Rollouts", "rollouts.html"),
 ]
 
 
@@ -76,6 +75,11 @@ async def noise_page(request: Request, device: str = "", user: auth.User = Depen
 @router.get("/traffic", response_class=HTMLResponse, include_in_schema=False)
 async def traffic_page(request: Request, device: str = "", user: auth.User = Depends(auth.require("viewer"))):
     return _render(request, PAGES[3], user, device=device)
+
+
+@router.get("/rollouts", response_class=HTMLResponse, include_in_schema=False)
+async def rollouts_page(request: Request, id: str = "", user: auth.User = Depends(auth.require("viewer"))):
+    return _render(request, PAGES[4], user, rollout_id=id if id.isdigit() else "", can_abort=user.may("operator"))
 
 
 # ------------------------------------------------------------------------ login, logout

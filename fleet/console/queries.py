@@ -146,3 +146,41 @@ async def fleet_figures(db, online_after_s: int) -> dict:
     return {"online": dev["online"], "offline": dev["offline"], "stale": dev["stale"], "alerts_60s": ing["n"],
             "lag_p50": ing["p50"], "lag_p95": ing["p95"], "last_alert_age": last,
             "dead_letters": {r["reason"]: r["n"] for r in dead}}
+
+
+# ----------------------------------------------------------------------------- rollouts (fleet/rollout/store.py)
+
+def _plain(v):
+    """Datetimes as UTC ms, recursively: the rollout store's rows made JSON-ready."""
+    if isinstance(v, dt.datetime):
+        return ms(v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+async def rollouts(db, limit: int = 50) -> list[dict]:
+    from ..rollout import store
+    async with db.acquire() as conn:
+        return _plain(await store.listing(conn, limit))
+
+
+async def rollout(db, rollout_id: int) -> dict | None:
+    from ..rollout import store
+    async with db.acquire() as conn:
+        ro = await store.get(conn, rollout_id)
+        if ro is None:
+            return None
+        stages = await store.stage_counts(conn, rollout_id)
+        events = await store.events(conn, rollout_id, 300)
+    for s in stages:
+        s["fraction"] = ro["stages"][s["stage"]] if s["stage"] < len(ro["stages"]) else None
+    return _plain({"rollout": ro, "stages": stages, "events": events})
+
+
+async def abort_rollout(db, rollout_id: int, by: str) -> str:
+    from ..rollout import store
+    async with db.acquire() as conn:
+        return await store.request_abort(conn, rollout_id, by)
