@@ -24,6 +24,10 @@ Tables (0001_core.sql has the column comments; the console builds its queries on
   jsonb (the whole health message), broker_at, ingested_at.
 - ``dead_letters`` (id; unique stream, stream_seq): subject, reason, detail, payload bytea,
   received_at.
+- ``command_acks``, ``shadow_reports``: the poles' answers to commands and their shadow reports
+  (0003_rollouts.sql), which the rollout controller reads instead of listening to the broker.
+- ``rollouts``, ``rollout_targets``, ``rollout_events``: each rollout's plan and gates, every
+  pole's place in it, and every step (fleet/rollout/, docs/rollouts.md).
 - ``schema_migrations`` (version PK, name, sha256, applied_at).
 """
 

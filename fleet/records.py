@@ -45,10 +45,15 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
-class AlertMsg(_Wire):
+class _Stored(_Wire):
+    """What every message from a pole's outbox starts with; ``r`` marks one sent from its backlog."""
     v: Literal[1]
     id: str = Field(max_length=120)
     ts: int
+    r: Literal[1] | None = None
+
+
+class AlertMsg(_Stored):
     tq: Literal["s", "f"]
     k: str = Field(max_length=32)
     s: str = Field(max_length=64)
@@ -60,13 +65,9 @@ class AlertMsg(_Wire):
     mv: str | None = None
     ms: str | None = None
     ch: str | None = None
-    r: Literal[1] | None = None
 
 
-class SummaryMsg(_Wire):
-    v: Literal[1]
-    id: str = Field(max_length=120)
-    ts: int
+class SummaryMsg(_Stored):
     tq: Literal["s", "f"]
     k: Literal["level"]
     s: str = Field(max_length=64)
@@ -78,13 +79,9 @@ class SummaryMsg(_Wire):
     lim: float | None = None
     per: str | None = None
     ch: str | None = None
-    r: Literal[1] | None = None
 
 
-class ShadowMsg(_Wire):
-    v: Literal[1]
-    id: str = Field(max_length=120)
-    ts: int
+class ShadowMsg(_Stored):
     k: str = Field(max_length=32)
     cs: str = Field(pattern=r"^[0-9a-f]{16}$")
     as_: str | None = Field(None, alias="as", pattern=r"^[0-9a-f]{16}$")  # shed by the agent over 256 bytes

@@ -41,6 +41,16 @@ def test_the_agents_own_encoder_and_the_city_agree():
     assert row["n"] == 10**6
 
 
+def test_a_shadow_report_sent_from_the_backlog_is_stored_like_a_live_one():
+    # the outbox marks what it sends after an outage with "r":1 (agent.alerts.mark_replayed)
+    from agent.alerts import mark_replayed
+
+    report = {k: v for k, v in _report().items() if k not in ("v", "id", "ts")}
+    payload = encode_shadow(Origin("orin-0001", 1, "f" * 16), 6, ts_ms=int(NOW.timestamp() * 1000), report=report)
+    row = records.shadow_row(_topic("shadow"), mark_replayed(payload), NOW)
+    assert row["report_id"] == "orin-0001:1:6" and row["n"] == 300
+
+
 @pytest.mark.parametrize("change, reason", [({"cs": "XYZ"}, "schema"), ({"agr": 1.5}, "schema"),
                                             ({"id": "other:1:2"}, "spoofed"), ({"extra": 1}, "schema"),
                                             ({"pad": "x" * 600}, "too_large")])
