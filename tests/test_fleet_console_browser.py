@@ -261,7 +261,8 @@ def test_the_rollouts_page_shows_stages_gates_events_and_an_abort_button_for_ope
     ids = seed_rollouts(console.db_url, "web-ro")
     browser_login(browser, console, "viewer", f"/rollouts?id={ids['halted']}")
     wait_for(lambda: browser.find_elements("css selector", "#events tbody tr"), 10, "the halted rollout's events")
-    assert "agreement = 0.444 (bound 0.090)" in browser.find_element("id", "gate-fired").text
+    assert "The agreement gate fired at stage 1" in browser.find_element("id", "gate-fired").text
+    assert "(measured 0.444, bound 0.090)" in browser.find_element("id", "gate-fired").text
     assert not browser.find_elements("id", "abort")  # a viewer has no abort button
     shot(browser, "rollouts_halted")
     browser_login(browser, console, "operator", f"/rollouts?id={ids['running']}")

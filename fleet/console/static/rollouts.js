@@ -41,8 +41,8 @@
       RS.el("td", {}, pct(s.fraction)), RS.el("td", {}, s.poles),
       RS.el("td", {}, Object.entries(s.statuses).map(([k, n]) => `${k} ${n}`).join(", ")))));
     const g = r.gate;
-    document.getElementById("gate-fired").textContent = g ? `Gate fired: ${g.gate} = ${fmt(g.value)} (bound ${fmt(g.bound)}) ` +
-      `at stage ${g.stage + 1}: ${g.detail}` : (r.state === "completed" ? "Every gate passed." : "No gate has fired.");
+    document.getElementById("gate-fired").textContent = g ? `The ${g.gate} gate fired at stage ${g.stage + 1}: ` +
+      `${g.detail} (measured ${fmt(g.value)}, bound ${fmt(g.bound)})` : (r.state === "completed" ? "Every gate passed." : "No gate has fired.");
     const src = r.bounds.sources || {};
     document.querySelector("#gates tbody").replaceChildren(...Object.entries(r.bounds).filter(([k]) => k !== "sources")
       .map(([k, v]) => RS.el("tr", {}, RS.el("td", {}, k), RS.el("td", {}, fmt(v)), RS.el("td", {}, src[k] || "default"))));
