@@ -39,19 +39,6 @@ def smoke(data_dir, tmp_path_factory) -> Path:
     return out
 
 
-def test_the_shipped_noise_model_is_what_the_committed_recipe_builds():
-    """agent/models/noise came from compression/recipes/noise.yaml as committed, passed its gate, and
-    its files are the ones its manifest hashes."""
-    manifest = json.loads((SHIPPED / "manifest.json").read_text())
-    recipe = load_recipe(REPO / "compression" / "recipes" / "noise.yaml")
-    # read back through today's schema: a field added since (with its default) is not a different recipe
-    assert type(recipe).model_validate(manifest["recipe"]) == recipe
-    assert manifest["frontend"] == recipe.student.frontend
-    assert verify_files(SHIPPED / "manifest.json") == []
-    report = json.loads((SHIPPED / "report.json").read_text())
-    assert report["gate"]["passed"] and report["gate"]["failures"] == []
-
-
 def test_every_stage_is_scored_with_the_same_numbers(smoke):
     report = json.loads((smoke / "report.json").read_text())
     stages = report["stages"]

@@ -3,6 +3,8 @@
 The agent's congestion task receives a held-out detector's real 5-minute readings one at a
 time, as a device would, and must raise exactly the alerts that the training side's
 windows (make_windows) and the same rule give offline: one front-end, one model, one answer.
+What every shipped model must be (intact, its contract, lineage, gate, targets, plots, the agent's
+smoke inference) is tested once for all of them in test_shipped_artefacts.py.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from agent.rules import Rule, softmax
 from agent.tasks import load_model
 from agent.tasks.congestion import CongestionTask, CongestionTaskConfig
 from compression.datasets.traffic import load_speeds, usual_speed_tables
-from compression.manifest import verify_files
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "agent" / "models" / "congestion" / "model.onnx"
@@ -44,15 +45,12 @@ def shipped() -> tuple[dict, dict]:
     return manifest, report
 
 
-def test_shipped_artefact_verifies_and_states_its_contract(shipped):
+def test_shipped_artefact_states_its_classes_outputs_split_and_baselines(shipped):
     manifest, report = shipped
-    assert verify_files(SHIPPED.parent / "manifest.json") == []
     contract = load_contract(SHIPPED)
-    assert contract.task == "congestion" and contract.labels == ("free", "slowed", "congested")
-    params = DetectorParams.from_dict(contract.frontend)
-    assert params.uses_profile and contract.frontend == manifest["frontend"]
-    assert manifest["outputs"] == ["logits", "speed"] and manifest["params"] <= 20_000
-    assert report["gate"]["passed"] is True and manifest["gate_passed"] is True
+    assert contract.labels == ("free", "slowed", "congested")
+    assert DetectorParams.from_dict(contract.frontend).uses_profile
+    assert manifest["outputs"] == ["logits", "speed"]
     ev = manifest["evaluation"]
     assert (len(ev["train_detectors"]), len(ev["val_detectors"])) == (128, 32)
     assert not set(ev["train_detectors"]) & set(ev["val_detectors"])
