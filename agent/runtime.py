@@ -7,8 +7,10 @@ connection is made, so a bad model or an unwritable state folder stops the agent
 with a message naming the key. SIGTERM and SIGINT stop it cleanly (state "offline"
 published, queued input drained up to a second); SIGKILL or power loss lose no stored
 alert (the outbox), only sensor input not yet windowed. SIGHUP and ``cmd/reload`` reload
-the config (``agent.reload``); ``cmd/model`` installs a signed model (``agent.updates``);
-``cmd/shadow``, ``cmd/promote``, ``cmd/abort`` run a candidate beside it (``agent.shadow``).
+the config (``agent.control.reload``); ``cmd/model`` installs a signed model
+(``agent.control.model``); ``cmd/shadow``, ``cmd/promote``, ``cmd/abort`` run a candidate beside
+it (``agent.control.shadow``, scored by ``agent.shadow``). Commands reach the agent only through
+``agent.control.host.ControlHost``, which ``Agent`` implements.
 The worker reads ``self.taskset`` once per message and a swap replaces it in one
 assignment, so a message is handled wholly by the old tasks or wholly by the new ones.
 """
@@ -28,17 +30,17 @@ from typing import Callable
 
 from . import __version__, taskset
 from .alerts import AlertTooLarge, Origin, encode_alert, encode_shadow, encode_summary, message_id
-from .commands import Commands
 from .config import AgentConfig, config_hash, preflight, resolve, resolve_files, resolve_local
+from .control.commands import Commands
+from .control.store import ModelStore
 from .health import Health, ProcessStats, clock_synced, heartbeat, write_health_file
 from .outbox import ALERT, SUMMARY, Outbox, OutboxError
 from .payloads import PayloadError, decode_audio, decode_camera, decode_detector
-from .shadow import Shadows, decide, start_shadow
+from .shadow import Shadows
 from .sources import Message, SourceContext, create_source
 from .sources.fairqueue import FairQueue
 from .sources.slots import SensorSlots
 from .tasks import Detection, LevelReport
-from .updates import ModelStore, apply_update
 from .uplink import Uplink
 
 log = logging.getLogger("roadside.agent")
@@ -58,7 +60,7 @@ class Agent:
                  verify_source: Callable[[], object] | None = None):
         self.cfg = cfg  # as written: its hash names the config in every alert
         self.config_path = Path(config_path) if config_path is not None else None
-        # a signed bundle's check, run again before a reload reads its config (agent.reload)
+        # a signed bundle's check, run again before a reload reads its config (agent.control.reload)
         self.verify_source = verify_source
         self.rcfg = resolve_files(cfg, config_path)  # secret and key paths made absolute
         preflight(self.rcfg, str(config_path or "config"))
@@ -67,7 +69,7 @@ class Agent:
         self.cache_dir = self.state_dir / "engines"
         self.health = Health(cfg.health.log_every_s)
         self.process_stats = ProcessStats()
-        self.installed = self.make_store(self.rcfg)
+        self.installed = ModelStore.for_config(self.rcfg, self.state_dir)  # reads the trusted keys, once
         self.taskset = taskset.build(self.rcfg, config_path, self.cache_dir, self.health, self.installed.candidates)
         self.outbox = Outbox(resolve_local(cfg.outbox.path, config_path) if cfg.outbox.path else
                              self.state_dir / "outbox.sqlite", cfg.outbox.max_bytes, cfg.outbox.hard_cap_bytes)
@@ -103,12 +105,10 @@ class Agent:
         """Tasks by the input they consume (audio, camera, detector)."""
         return self.taskset.by_input
 
-    def make_store(self, rcfg: AgentConfig) -> ModelStore:
-        """The model store; after start, with the keys loaded at start (a reload never re-reads key files)."""
-        u = rcfg.updates
-        running = getattr(self, "installed", None)
-        return ModelStore(self.state_dir / "models", u.trusted_keys if u else None, u.keep if u else 2,
-                          keys=running.keys if running is not None else None)
+    @property
+    def config_hash(self) -> str:
+        """The running config's hash (ControlHost: every command ack carries it)."""
+        return self.origin.config_hash
 
     @property
     def health_file(self) -> Path:
@@ -235,24 +235,7 @@ class Agent:
             return
         self.uplink.notify()
 
-    # ---------------------------------------------------------------------- commands
-
-    def cmd_model(self, cmd) -> dict:
-        return apply_update(self, cmd)
-
-    def cmd_shadow(self, cmd) -> dict:
-        return start_shadow(self, cmd)
-
-    def cmd_promote(self, cmd) -> dict:
-        return decide(self, cmd, "promote")
-
-    def cmd_abort(self, cmd) -> dict:
-        return decide(self, cmd, "abort")
-
-    def cmd_reload(self, cmd) -> dict:
-        from .reload import reload
-
-        return reload(self, cmd.config, cmd.sig)
+    # ------------------------------------------------- commands (agent.control.host.ControlHost)
 
     def swap(self, tasks: "taskset.TaskSet") -> None:
         """The new task set, in one assignment; the city hears about it in the retained state message."""
@@ -260,7 +243,7 @@ class Agent:
         self.uplink.update_state(models=tasks.models)
 
     def apply_config(self, cfg: AgentConfig, rcfg: AgentConfig, tasks: "taskset.TaskSet", store: ModelStore) -> None:
-        """A reload that needs no reconnection (agent.reload decided): new tasks, limits and config hash."""
+        """A reload that needs no reconnection (agent.control.reload decided): new tasks, limits and config hash."""
         self.cfg, self.rcfg, self.installed = cfg, rcfg, store
         self.health.log_every_s = cfg.health.log_every_s
         self.origin = replace(self.origin, config_hash=config_hash(cfg))

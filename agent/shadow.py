@@ -14,12 +14,13 @@ time so far exceeds ``cpu_share`` x the active model's over the same windows), t
 size (checked before loading) and the growth of resident memory its load caused (measured
 after). A candidate lives in memory only: a restart of the agent ends it (its files are pruned
 with the next update of the task).
+
+This module is the data path (the health tap); the commands that start, promote and abort a
+shadow are in ``agent.control.shadow``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
@@ -29,9 +30,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .health import LATENCY_SAMPLES, ProcessStats
+from .health import LATENCY_SAMPLES
 from .rules import softmax
-from .signing import SignatureError, shadow_message, verify_bytes
 
 log = logging.getLogger("roadside.shadow")
 WARMUP = 3  # candidate inferences before the CPU budget applies
@@ -87,7 +87,8 @@ class Comparison:
         for i, (label, p, ms) in enumerate((active, candidate)):
             self.conf[i] += p
             self.hist[i][label] += 1
-            self.ms[i].append(ms)
+            if self.n > WARMUP:  # a fresh session's first runs are slow: a warm active model against a
+                self.ms[i].append(ms)  # cold candidate would fail the city's latency gate by itself
 
     def figures(self) -> dict:
         """The report's statistics (docs/rollouts.md); null where nothing was compared yet."""
@@ -111,7 +112,7 @@ def top1(logits: np.ndarray, labels: tuple) -> tuple[str, float] | None:
 
 @dataclass
 class Candidate:
-    staged: Any  # agent.updates.Staged: folder, verified manifest, model sha256, release
+    staged: Any  # agent.control.model.Staged: folder, verified manifest, model sha256, release
     task: Any  # the built task (never instrumented, never handed to the worker while shadowing)
     windows: int
     deadline: float  # time.monotonic()
@@ -261,105 +262,3 @@ class Shadows:
         """For the heartbeat: ``{task: {n, sk, cpu_ms, rss_mb}}``."""
         return {t: {"n": c.stats.n, "sk": c.stats.sk, "cpu_ms": round(c.stats.cpu_ms, 1),
                     "rss_mb": round(c.rss_mb, 1)} for t, c in self._by_task.items()}
-
-
-
-# ------------------------------------------------------------------------- commands
-
-def _model(cand_or_staged: Any, task: Any) -> dict:
-    st = getattr(cand_or_staged, "staged", cand_or_staged)
-    return {"task": st.task, "sha256": st.sha, "release": st.release, "version": task.model.info.version}
-
-
-def _check_input(active: Any, task: Any) -> str | None:
-    """Why the candidate cannot score the active model's input tensors (None: it can)."""
-    if active is None:
-        return "the task has no active model to compare with"
-    a, c = active.model, task.model
-    if a.contract.frontend != c.contract.frontend:
-        return "its front-end differs from the active model's (a shadow scores the active model's input)"
-    if a.example_shape != c.example_shape:
-        return f"it takes input {c.example_shape}, the active model {a.example_shape}"
-    return None
-
-
-def _trim_heap() -> None:
-    """Give freed heap back to the OS (glibc), so that the load's RSS growth is not hidden by the memory the
-    bundle's download and unpacking just freed (it would be reused first, and the candidate look free)."""
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): the figure is then a lower bound
-        pass
-
-
-def load_candidate(agent, st: Any) -> tuple[Any, float]:
-    """The size bound, the load (smoke-tested, as an update), then the memory bound: (task, RSS added in MB)."""
-    from .commands import Refused
-    from .updates import load_staged
-
-    bounds = agent.rcfg.updates.shadow
-    size = st.path.stat().st_size
-    if size > bounds.max_model_bytes:  # before loading: a huge model never gets near the pole's memory
-        agent.installed.discard(st.task, st.folder)
-        raise Refused(f"candidate model is {size} bytes, over updates.shadow.max_model_bytes "
-                      f"({bounds.max_model_bytes})", "shadow")
-    _trim_heap()
-    before = ProcessStats.rss_mb()
-    task = load_staged(agent, st)
-    grew = max(0.0, ProcessStats.rss_mb() - before)
-    if grew > bounds.max_rss_mb:  # measured, not guessed: what it really costs on this device
-        agent.installed.discard(st.task, st.folder)
-        raise Refused(f"loading the candidate added {grew:.0f} MB of resident memory, over "
-                      f"updates.shadow.max_rss_mb ({bounds.max_rss_mb:g})", "shadow")
-    return task, grew
-
-
-def start_shadow(agent, cmd) -> dict:
-    """``cmd/shadow``: verified as an update (a newer release only), loaded beside the active model, shadowing."""
-    from .commands import Refused
-    from .updates import stage_update
-
-    st = stage_update(agent, cmd)
-    if isinstance(st, dict):  # the candidate is the active model
-        return st
-    task, grew = load_candidate(agent, st)
-    active = agent.taskset.named.get(cmd.task)
-    why = _check_input(active, task)
-    if why is not None:
-        agent.installed.discard(st.task, st.folder)
-        raise Refused(f"candidate refused: {why}", "shadow")
-    bounds = agent.rcfg.updates.shadow
-    windows = min(cmd.windows or bounds.max_windows, bounds.max_windows)
-    minutes = min(cmd.minutes or bounds.max_minutes, bounds.max_minutes)
-    cand = Candidate(st, task, windows, time.monotonic() + 60.0 * minutes,
-                     max(cmd.report_every, bounds.min_report_every), bounds.cpu_share, grew,
-                     active.model.info.sha256)
-    old = agent.shadows.install(cand)
-    if old is not None and old.staged.folder != st.folder:  # the same model again keeps its one copy
-        agent.installed.discard(old.name, old.staged.folder)
-    log.info("task %s: shadowing %s (release %d, %d windows, %g min, +%.0f MB)", cmd.task, st.sha[:12],
-             st.release, windows, minutes, grew)
-    return {"status": "shadowing", "model": _model(st, task)}
-
-
-def decide(agent, cmd, action: str) -> dict:
-    """``cmd/promote`` / ``cmd/abort``: an operator's signature over the action, the task and the candidate."""
-    from .commands import Refused
-    from .updates import activate
-
-    if agent.rcfg.updates is None:
-        raise Refused("model updates are off: the config has no updates.trusted_keys", "config")
-    try:  # before anything else: an unsigned sender learns nothing about what is installed
-        verify_bytes(shadow_message(action, cmd.task, cmd.sha256), cmd.sig, agent.installed.keys, action)
-    except SignatureError as e:
-        raise Refused(f"{e} (it must sign {action}, the task and the candidate's sha256)", "verify") from None
-    cand = agent.shadows.get(cmd.task)
-    if cand is None or cand.staged.sha != cmd.sha256.lower():
-        raise Refused(f"no candidate {cmd.sha256[:12]}... is installed for task {cmd.task!r}", "shadow")
-    agent.shadows.remove(cmd.task)
-    if action == "abort":
-        agent.installed.discard(cmd.task, cand.staged.folder)
-        log.info("task %s: shadow candidate %s aborted", cmd.task, cand.staged.sha[:12])
-        return {"status": "aborted", "model": _model(cand, cand.task)}
-    log.info("task %s: shadow candidate %s promoted", cmd.task, cand.staged.sha[:12])
-    return activate(agent, cand.staged, cand.task)

@@ -7,7 +7,7 @@ reference assignment (``TaskSet`` is immutable once built), so the worker sees e
 old set or the new one, never half of each.
 
 A task's model comes from the first candidate that builds: installed signed updates
-(current, then previous, see ``agent.updates``), then the configured model. A failing
+(current, then previous, see ``agent.control.store``), then the configured model. A failing
 update is logged and skipped; a failing configured model is an error, as it always was.
 """
 

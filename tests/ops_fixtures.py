@@ -19,10 +19,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import load_config
+from agent.control.bundle_io import make_bundle
+from agent.control.signing import generate_keypair, sign_manifest
 from agent.payloads import encode_audio, topic_for
 from agent.runtime import Agent
-from agent.signing import generate_keypair, sign_manifest
-from agent.updates import make_bundle
 
 DEVICE, SITE, PREFIX = "test-0001", "lab", "roadside/v1"
 

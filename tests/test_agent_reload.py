@@ -14,8 +14,8 @@ import signal
 import yaml
 
 from agent.config import config_hash, load_config
-from agent.reload import restart_keys
-from agent.signing import sign_bytes
+from agent.control.reload import restart_keys
+from agent.control.signing import sign_bytes
 from agent_fixtures import AgentProcess, write_agent_config
 from ops_fixtures import InProcessAgent, base_topic, keypair, publish, send_audio, tone, wait_until
 

@@ -21,12 +21,13 @@ import pytest
 
 from agent.alerts import MAX_BYTES, Origin, encode_shadow
 from agent.config import load_config
+from agent.control.bundle_io import make_bundle
+from agent.control.shadow import _check_input
+from agent.control.signing import shadow_message, sign_bytes
 from agent.payloads import encode_audio
 from agent.runtime import Agent
-from agent.shadow import Candidate, Comparison, Shadows, _check_input, js_divergence
-from agent.signing import shadow_message, sign_bytes
+from agent.shadow import WARMUP, Candidate, Comparison, Shadows, js_divergence
 from agent.sources import Message
-from agent.updates import make_bundle
 from agent_fixtures import Broker, Collector, write_agent_config
 from ops_fixtures import base_topic, keypair, publish, send_audio, signed_copy, tone, wait_until
 from upstream_schema import check_upstream
@@ -368,10 +369,15 @@ def test_statistics_are_those_the_contract_names():
     assert js_divergence(Counter(a=5), Counter(b=5)) == pytest.approx(1.0)
     assert js_divergence(Counter(a=1, b=1), Counter(a=1)) == pytest.approx(0.3113, abs=1e-4)
     s = Comparison()
+    for _ in range(WARMUP):  # a cold candidate's first runs: compared, but not timed
+        s.add(("siren", 0.9, 2.0), ("siren", 0.9, 90.0))
+    assert s.figures()["p95"] == [None, None]
     s.add(("siren", 0.9, 2.0), ("siren", 0.7, 3.0))
     s.add(("dog_bark", 0.5, 2.0), ("siren", 0.9, 5.0))
     f = s.figures()
-    assert f["agr"] == 0.5 and f["acf"] == 0.7 and f["cf"] == 0.8 and f["n"] == 2
+    n = WARMUP + 2
+    assert f["n"] == n and f["agr"] == round((n - 1) / n, 3)
+    assert f["acf"] == round((0.9 * (n - 1) + 0.5) / n, 3) and f["cf"] == round((0.9 * (n - 2) + 0.7 + 0.9) / n, 3)
     assert f["p95"][0] == 2.0 and 4.0 < f["p95"][1] <= 5.0
 
 

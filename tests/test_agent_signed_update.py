@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.signing import sign_manifest
-from agent.updates import make_bundle
+from agent.control.bundle_io import make_bundle
+from agent.control.signing import sign_manifest
 from agent_fixtures import Collector, linear_model, write_agent_config
 from ops_fixtures import (InProcessAgent, base_topic, keypair, model_command, publish, send_audio, signed_copy,
                           tone, wait_until)

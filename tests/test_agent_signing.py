@@ -1,4 +1,4 @@
-"""Ed25519 signing of artefact manifests (agent/signing.py) and the operator commands keygen / sign.
+"""Ed25519 signing of artefact manifests (agent/control/signing.py) and the operator commands keygen / sign.
 
 An artefact here is what compression/manifest.py writes: files plus a manifest listing
 each one's sha256. Signing the manifest's bytes signs every file through those hashes.
@@ -14,8 +14,8 @@ import tarfile
 import pytest
 
 from agent.cli import main
-from agent.signing import SIG_NAME, SignatureError, load_public_key, sign_manifest, verify_manifest
-from agent.updates import UpdateError, make_bundle, unpack
+from agent.control.bundle_io import UpdateError, make_bundle, unpack
+from agent.control.signing import SIG_NAME, SignatureError, load_public_key, sign_manifest, verify_manifest
 from compression.manifest import write_manifest
 from ops_fixtures import keypair
 
@@ -71,7 +71,7 @@ def test_a_signature_by_an_untrusted_key_is_refused_even_when_it_claims_a_truste
     rogue_private, _ = keypair(tmp_path / "rogue", "rogue")
     sign_manifest(artefact, rogue_private)
     sig = json.loads((artefact.parent / SIG_NAME).read_text())
-    from agent.signing import key_id
+    from agent.control.signing import key_id
 
     sig["key_id"] = key_id(trusted)  # lying about the signer changes nothing
     (artefact.parent / SIG_NAME).write_text(json.dumps(sig))

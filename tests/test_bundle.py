@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.bundle import BundleError, flash, verify_bundle
 from agent.cli import main
 from agent.config import load_config
+from agent.control.device_bundle import BundleError, flash, verify_bundle
+from agent.control.signing import generate_keypair, sign_manifest
 from agent.schema import ConfigError
-from agent.signing import generate_keypair, sign_manifest
 from agent_fixtures import REPO, Broker, Collector, write_agent_config
 
 TEST_CONFIG = REPO / "firmware_configs" / "test.yaml"

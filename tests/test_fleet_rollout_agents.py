@@ -61,7 +61,7 @@ def _edit(release: int, version: str, negate: bool = False):
 
 
 def _bundle(noise_model: Path, out: Path, key: Path, release: int, version: str, negate: bool = False) -> Path:
-    from agent.model_bundle import make_bundle
+    from agent.control.bundle_io import make_bundle
     folder = signed_copy(noise_model.parent, out / version, key, edit=_edit(release, version, negate))
     make_bundle(folder, out / f"{version}.tar")
     return out / f"{version}.tar"
@@ -69,7 +69,7 @@ def _bundle(noise_model: Path, out: Path, key: Path, release: int, version: str,
 
 @pytest.fixture(scope="module")
 def city(noise_model, tmp_path_factory):
-    from agent.signing import generate_keypair
+    from agent.control.signing import generate_keypair
 
     stack = _start(nodes=1, workers=1)
     tmp = tmp_path_factory.mktemp("agents")
@@ -120,7 +120,9 @@ def _rollout(city, cand: str, base: str, stages=(0.5, 1.0), abort_after_promote:
         try:
             rid = await service.start(conn, city["bundles"][cand], city["bundles"][base], list(stages), "alice",
                                       city["folder"] / "bundles", service.Settings(**{**FAST, **settings}),
-                                      {"min_windows": FAST["windows"]}, "agt-%")
+                                      # six windows' p95 on a shared CI box is noise: the latency gate is
+                                      # tested on simulated poles (test_fleet_rollout_sim.py), not here
+                                      {"min_windows": FAST["windows"], "max_latency_ratio": 20.0}, "agt-%")
             mq = service.MqttOps.from_stack_info(json.loads((stack.folder / "stack.json").read_text()))
             task = asyncio.ensure_future(service.run(stack.db_url, rid, city["priv"], mq, city["folder"] / "bundles",
                                                      max_s=240))

@@ -118,8 +118,8 @@ def test_default_disagreement_comes_from_the_manifests_figures():
 # ------------------------------------------------------------------ messages
 
 def test_commands_are_the_same_bytes_every_time_and_signed_as_the_pole_checks(tmp_path):
-    from agent.signing import generate_keypair, load_private_key, load_public_key, rollback_message, shadow_message, \
-        verify_bytes
+    from agent.control.signing import (generate_keypair, load_private_key, load_public_key, rollback_message,
+                                       shadow_message, verify_bytes)
     from fleet.rollout.messages import Builder
 
     priv, pub = generate_keypair(tmp_path / "k.key")

@@ -27,7 +27,7 @@ FAST = dict(windows=200, report_every=100, stage_timeout_s=20.0, soak_s=1.0, res
 
 @pytest.fixture(scope="module")
 def rig():
-    from agent.signing import generate_keypair
+    from agent.control.signing import generate_keypair
 
     stack = _start(nodes=1, workers=1)
     stack.priv, stack.pub = generate_keypair(stack.folder / "keys" / "ops.key")
@@ -257,7 +257,7 @@ def test_a_pole_away_during_its_stage_gets_the_candidate_when_it_returns(rig):
 
 
 def test_a_replayed_old_update_is_refused_by_the_pole(rig):
-    from agent.signing import load_private_key, rollback_message
+    from agent.control.signing import load_private_key, rollback_message
     from fleet.rollout.messages import _sign
     r = Run(rig, "rreplay")
 

@@ -27,9 +27,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.cli import main
 from agent.config import AgentConfig, load_config
+from agent.control.signing import sign_bytes
 from agent.runtime import Agent
 from agent.schema import MAX_CONFIG_BYTES, ConfigError, load_text
-from agent.signing import sign_bytes
 from agent_fixtures import REPO, AgentProcess, write_agent_config
 from ops_fixtures import DEVICE, InProcessAgent, base_topic, keypair, model_command, publish, signed_copy, wait_until
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
-from agent.model_bundle import UpdateError, download, make_bundle, unpack
+from agent.control.bundle_io import UpdateError, download, make_bundle, unpack
+from agent.control.signing import load_public_key, rollback_message, sign_bytes, sign_manifest
 from agent.outbox import ALERT, SUMMARY, Outbox
 from agent.runtime import Agent
-from agent.signing import load_public_key, rollback_message, sign_bytes, sign_manifest
 from agent_fixtures import write_agent_config
 from ops_fixtures import keypair, model_command, signed_copy
 

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from pydantic import Field
 
-from agent.commands import Refused, parse
 from agent.config import ModelTaskConfig
+from agent.control.commands import Refused, parse
 from agent.rules import Rule, softmax
+from agent.schema import StrictModel
 from agent.tasks import Detection, LoadedModel, dry_run
 from agent.tasks.registry import TaskSpec, model_tasks, register, unregister
-from agent.schema import StrictModel
 from agent_fixtures import Broker, Collector, write_agent_config
 from ops_fixtures import InProcessAgent, send_audio, wait_until
 

@@ -126,7 +126,7 @@ def preflight(cfg: AgentConfig, source: str = "config") -> None:
     Run before anything starts or is swapped, so a missing certificate is refused naming its key,
     not found at the first connection attempt. File contents are never part of a message.
     """
-    from ..signing import SignatureError, load_public_key
+    from ..control.signing import SignatureError, load_public_key
 
     problems = []
     for key, path in _files(cfg):

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     config, verify = args.config, None
     if args.bundle:  # the signed bundle is checked whole before anything is read from it, and again on reload
-        from ..bundle import BundleError, verify_bundle
+        from ..control.device_bundle import BundleError, verify_bundle
 
         verify = functools.partial(verify_bundle, args.bundle, args.trusted_key or [default_trusted_key()])
         try:
@@ -46,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def default_trusted_key() -> str:
-    from ..bundle import DEFAULT_TRUSTED_KEY
+    from ..control.device_bundle import DEFAULT_TRUSTED_KEY
 
     return os.environ.get("ROADSIDE_TRUSTED_KEY", str(DEFAULT_TRUSTED_KEY))

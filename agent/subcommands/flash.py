@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bundle import flash
+    from ..control.device_bundle import flash
 
     key = Path(args.key)
     if not key.is_file():

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..signing import generate_keypair, key_id, load_public_key
+    from ..control.signing import generate_keypair, key_id, load_public_key
 
     try:
         private, public = generate_keypair(args.out, args.out + ".pub" if not args.out.endswith(".key") else None)

@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..signing import SignatureError, load_public_key, sign_manifest, verify_manifest
-    from ..updates import make_bundle
+    from ..control.bundle_io import make_bundle
+    from ..control.signing import SignatureError, load_public_key, sign_manifest, verify_manifest
 
     if args.reload_id:
         return sign_reload(args)
@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
 def rollback_token(args: argparse.Namespace) -> str:
     """The signed permission to roll back to this manifest's model from release ``--rollback-from``."""
-    from ..signing import rollback_message, sign_bytes
-    from ..updates import model_file
+    from ..control.signing import rollback_message, sign_bytes
+    from ..control.store import model_file
 
     manifest = json.loads(Path(args.manifest).read_text())
     sha = manifest["files"][model_file(manifest)]["sha256"]
@@ -62,7 +62,7 @@ def rollback_token(args: argparse.Namespace) -> str:
 
 def sign_reload(args: argparse.Namespace) -> int:
     """A config file signed for ``cmd/reload``: the whole command on stdout."""
-    from ..signing import sign_bytes
+    from ..control.signing import sign_bytes
 
     text = Path(args.manifest).read_text(encoding="utf-8")
     print(json.dumps({"id": args.reload_id, "config": text, "sig": sign_bytes(text.encode("utf-8"), args.key)}))

@@ -145,7 +145,7 @@ async def run_bench(folder: Path, poles: int, sites: int, stages: list[float], w
 
 async def _on_stack(stack, folder: Path, poles: int, sites: int, stages: list[float], windows: int, wps: float,
                     soak: float, bad: str, command_qos: int) -> dict:
-    from agent.signing import generate_keypair
+    from agent.control.signing import generate_keypair
 
     from ..commands.simulate import fleet_names
     from ..simulator import Simulator

@@ -41,7 +41,7 @@ class BundleInfo:
 
 
 def read_bundle(path: Path | str) -> BundleInfo:
-    from agent.updates import model_file
+    from agent.control.store import model_file
 
     path = Path(path)
     try:

@@ -14,8 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from agent.model_bundle import make_bundle
-from agent.signing import load_public_key, sign_manifest
+from agent.control.bundle_io import make_bundle
+from agent.control.signing import load_public_key, sign_manifest
 
 
 def toy_bundle(folder: Path, key: Path, release: int, version: str, task: str = "noise",

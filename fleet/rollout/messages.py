@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from agent.signing import rollback_message, shadow_message
+from agent.control.signing import rollback_message, shadow_message
 
 KINDS = {"s": "shadow", "p": "promote", "a": "abort", "m": "model", "b": "model"}
 

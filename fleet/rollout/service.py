@@ -84,7 +84,7 @@ async def run(db_url: str, rollout_id: int, key_path: Path, mqtt: MqttOps, bundl
     """Run (or resume) the controller of ``rollout_id`` until it ends; the final rollout row."""
     import asyncpg
 
-    from agent.signing import load_private_key
+    from agent.control.signing import load_private_key
 
     from .controller import Controller
     from .sender import Sender

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
-from agent.signing import SignatureError, rollback_message, shadow_message, verify_bytes, verify_manifest_bytes
+from agent.control.signing import SignatureError, rollback_message, shadow_message, verify_bytes, verify_manifest_bytes
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class BundleCache:
         return self._got[key]
 
     def _load(self, url, sha256, inline) -> dict | Exception:
-        from agent.updates import model_file
+        from agent.control.store import model_file
         try:
             data = base64.b64decode(inline) if inline else urllib.request.urlopen(url, timeout=10).read()
             if sha256 and hashlib.sha256(data).hexdigest() != sha256:

@@ -38,20 +38,28 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from .commands import Refused
-from .config import AgentConfig, config_hash, load_config, preflight, resolve_files
-from .schema import ConfigError, load_text
+from ..config import AgentConfig, config_hash, load_config, preflight, resolve_files
+from ..schema import ConfigError, StrictModel, load_text
+from .commands import ID_PATTERN, Refused, register
 from .signing import SignatureError, verify_bytes
+from .store import ModelStore
 
 if TYPE_CHECKING:
-    from .runtime import Agent
+    from .host import ControlHost
 
 # Changes that the running parts can take without reconnecting anything.
 HOT_SECTIONS = {"tasks", "level", "health", "updates"}
 HOT_KEYS = {"device": {"timezone", "time_quality", "max_sensors"}, "uplink": {"heartbeat_s"}}
 WRITTEN = ("health.file", "outbox.path")  # files the agent writes: never onto anything else
+
+
+class ReloadCommand(StrictModel):
+    id: str = Field(pattern=ID_PATTERN)
+    config: str | None = Field(None, description="a whole new config (YAML text); absent: re-read the config file")
+    sig: str | None = Field(None, max_length=200, description="base64 Ed25519 signature of the config text's UTF-8 "
+                            "bytes by a key in updates.trusted_keys (required with config)")
 
 
 def restart_keys(old: AgentConfig, new: AgentConfig) -> list[str]:
@@ -71,24 +79,24 @@ def restart_keys(old: AgentConfig, new: AgentConfig) -> list[str]:
 
 # -------------------------------------------------------------------------- reading
 
-def _read(agent: "Agent", text: str | None, sig: str | None) -> AgentConfig:
+def _read(host: "ControlHost", text: str | None, sig: str | None) -> AgentConfig:
     """The new config: the file read again, or the remote text once its signature verifies."""
-    path = agent.config_path
+    path = host.config_path
     if path is None:
         raise Refused("the agent was not started from a config file", "config")
-    if agent.verify_source is not None:  # a signed bundle: its config is read only after its check passes again
+    if host.verify_source is not None:  # a signed bundle: its config is read only after its check passes again
         if text is not None:
             raise Refused("this agent runs a signed bundle: its config changes by installing a new bundle "
                           "(roadside flash), not by cmd/reload text", "config")
         try:
-            agent.verify_source()
+            host.verify_source()
         except ValueError as e:  # BundleError
             raise Refused(f"bundle: {e}", "verify") from None
     try:
         if text is None:
             return load_config(path)
         try:  # before the text is even parsed: an unsigned text is not ours to read
-            verify_bytes(text.encode("utf-8", "surrogatepass"), sig, agent.installed.keys, "cmd/reload config")
+            verify_bytes(text.encode("utf-8", "surrogatepass"), sig, host.installed.keys, "cmd/reload config")
         except SignatureError as e:
             raise Refused(str(e), "verify") from None
         return load_text(text, AgentConfig, "cmd/reload config")
@@ -118,17 +126,17 @@ def _under(path: Path, folder: Path) -> bool:
         return False
 
 
-def check_locked(agent: "Agent", new: AgentConfig, remote: bool) -> None:
+def check_locked(host: "ControlHost", new: AgentConfig, remote: bool) -> None:
     """Trusted keys never change by reload; a remote config's paths stay where the agent's own data is."""
-    old_keys = agent.rcfg.updates.trusted_keys if agent.rcfg.updates else None
-    new_u = resolve_files(new, agent.config_path).updates
+    old_keys = host.rcfg.updates.trusted_keys if host.rcfg.updates else None
+    new_u = resolve_files(new, host.config_path).updates
     if (new_u.trusted_keys if new_u else None) != old_keys:
         raise Refused("updates.trusted_keys cannot change by reload: install the new keys in the local "
                       "config file and restart the agent", "config")
     if not remote:
         return
-    base, state = agent.config_path.resolve().parent, agent.state_dir
-    running = dict(_paths(agent.cfg))
+    base, state = host.config_path.resolve().parent, host.state_dir
+    running = dict(_paths(host.cfg))
     new_paths = dict(_paths(new))
     absolute = {k: (p if p.is_absolute() else base / p) for k, p in new_paths.items()}
     problems = [f"{k}: must stay under device.state_dir (or be the running config's {k})"
@@ -136,7 +144,7 @@ def check_locked(agent: "Agent", new: AgentConfig, remote: bool) -> None:
     written = {k: absolute[k] for k in WRITTEN if k in absolute}
     written.setdefault("outbox.path", state / "outbox.sqlite")
     written.setdefault("health.file", state / "health.json")
-    others = [agent.config_path] + [p for k, p in absolute.items() if k not in WRITTEN]
+    others = [host.config_path] + [p for k, p in absolute.items() if k not in WRITTEN]
     for k, p in written.items():
         taken = [o for o in others + [w for j, w in written.items() if j != k] if _same(p, o)]
         inside = [d for d in ("models", "engines") if _under(p, state / d)]
@@ -156,32 +164,38 @@ def _same(a: Path, b: Path) -> bool:
 
 # --------------------------------------------------------------------------- applying
 
-def reload(agent: "Agent", text: str | None, sig: str | None = None) -> dict:
-    """Validate, then apply (in place or by restart); the outcome for the ack, or ``Refused``."""
-    from . import taskset
+@register("reload", ReloadCommand)
+def on_reload(host: "ControlHost", cmd: ReloadCommand) -> dict:
+    """``cmd/reload`` (SIGHUP arrives as one too, without ``config``)."""
+    return reload(host, cmd.config, cmd.sig)
 
-    new = _read(agent, text, sig)
-    check_locked(agent, new, remote=text is not None)
-    resolved = resolve_files(new, agent.config_path)
+
+def reload(host: "ControlHost", text: str | None, sig: str | None = None) -> dict:
+    """Validate, then apply (in place or by restart); the outcome for the ack, or ``Refused``."""
+    from .. import taskset
+
+    new = _read(host, text, sig)
+    check_locked(host, new, remote=text is not None)
+    resolved = resolve_files(new, host.config_path)
     try:
-        preflight(resolved, str(agent.config_path))
+        preflight(resolved, str(host.config_path))
     except ConfigError as e:
         raise Refused("; ".join(e.problems), "validate") from None
-    if config_hash(new) == agent.origin.config_hash:
+    if config_hash(new) == host.config_hash:
         return {"status": "unchanged"}
-    store = agent.make_store(resolved)
+    store = ModelStore.for_config(resolved, host.state_dir, keys=host.installed.keys)  # keys as loaded at start
     try:  # every task built beside the running ones; unchanged tasks are reused as they are
-        tasks = taskset.build(resolved, agent.config_path, agent.cache_dir, agent.health, store.candidates,
-                              previous=agent.taskset)
+        tasks = taskset.build(resolved, host.config_path, host.cache_dir, host.health, store.candidates,
+                              previous=host.taskset)
     except Exception as e:
         raise Refused(f"tasks: {type(e).__name__}: {e}", "load") from None
     if text is not None:
-        _persist(agent.config_path, text)
-    restart = restart_keys(agent.cfg, new)
+        _persist(host.config_path, text)
+    restart = restart_keys(host.cfg, new)
     if restart:
-        agent.request_restart(new)
+        host.request_restart(new)
     else:
-        agent.apply_config(new, resolved, tasks, store)
+        host.apply_config(new, resolved, tasks, store)
     return {"status": "applied", "ch": config_hash(new), **({"restart": restart} if restart else {})}
 
 

@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .hashing import sha256_file
+from ..hashing import sha256_file
 
 SIG_NAME = "manifest.sig"
 ALG = "ed25519"

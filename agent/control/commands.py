@@ -14,43 +14,75 @@ status: ``applied``, ``unchanged`` (already running that), ``refused`` (nothing 
 stopped); for ``shadow``/``promote``/``abort`` also ``shadowing`` and ``aborted``
 (docs/rollouts.md). Commands run one at a time on their own thread, never on the MQTT thread.
 Who may send them is the broker's ACL (docs/mqtt.md); model bundles and reload texts are
-also signed (agent.signing), so a compromised broker cannot change what runs. Reasons name
+also signed (agent.control.signing), so a compromised broker cannot change what runs. Reasons name
 files in the state folder as ``{state_dir}/...``, never by their absolute path.
+
+Each command module registers its own schema and handler (``register``); the handlers see the
+agent only as a ``ControlHost`` (agent.control.host). ``COMMAND_MODULES`` lists the modules
+that register, imported on first use so that importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import queue
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .schema import StrictModel, format_errors
+from ..schema import StrictModel, format_errors
 
 if TYPE_CHECKING:
-    from .runtime import Agent
+    from .host import ControlHost
 
 log = logging.getLogger("roadside.commands")
 MAX_REASON = 400
 MAX_PAYLOAD = 128 << 20  # an inline bundle at the default updates.max_bundle_bytes is ~67 MB of base64
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+COMMAND_MODULES = ("model", "reload", "shadow")  # under agent.control; each registers its commands on import
 
 
-def _model_task(name: str) -> str:
-    from .tasks.registry import model_tasks
+class Command(NamedTuple):
+    schema: type[StrictModel]  # the payload, validated whole before the handler runs
+    handler: Callable[["ControlHost", StrictModel], dict]  # the ack's fields, or raises Refused
+
+
+_REGISTRY: dict[str, Command] = {}
+
+
+def register(name: str, schema: type[StrictModel]) -> Callable:
+    """Decorator: ``handler(host, cmd) -> dict`` answers ``cmd/{name}`` whose payload is ``schema``."""
+    def add(handler: Callable) -> Callable:
+        if name in _REGISTRY and _REGISTRY[name].handler is not handler:
+            raise ValueError(f"command {name!r} registered twice")
+        _REGISTRY[name] = Command(schema, handler)
+        return handler
+    return add
+
+
+def registry() -> dict[str, Command]:
+    """Every known command; the command modules are imported (and so register) on the first call."""
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{module}")  # cached after the first time
+    return _REGISTRY
+
+
+def model_task(name: str) -> str:
+    """Validator for ``task`` fields: a task that runs a model (others have nothing to update or shadow)."""
+    from ..tasks.registry import model_tasks
 
     if name not in model_tasks():
         raise ValueError(f"unknown task {name!r} (tasks with a model: {model_tasks()})")
     return name
 
 
-class _BundleCommand(StrictModel):
+class BundleCommand(StrictModel):
     """A signed bundle, inline or by url: what ``cmd/model`` and ``cmd/shadow`` carry."""
 
     id: str = Field(pattern=ID_PATTERN, description="echoed in the ack; a repeated id is answered, not re-run")
@@ -59,52 +91,13 @@ class _BundleCommand(StrictModel):
     url: str | None = Field(None, description="http(s) address of the bundle")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="the bundle's sha256 (with url)")
 
-    _task = field_validator("task")(classmethod(lambda cls, v: _model_task(v)))
+    _task = field_validator("task")(classmethod(lambda cls, v: model_task(v)))
 
     @model_validator(mode="after")
     def _one_source(self):
         if (self.bundle is None) == (self.url is None):
             raise ValueError("exactly one of bundle (inline, base64) or url")
         return self
-
-
-class ModelCommand(_BundleCommand):
-    rollback: str | None = Field(None, max_length=200, description="base64 Ed25519 signature allowing this older "
-                                 "release (agent.signing.rollback_message): without it an older release is refused")
-
-
-class ShadowCommand(_BundleCommand):
-    """``cmd/shadow`` (docs/rollouts.md): a candidate scored beside the active model; never a rollback."""
-
-    windows: int | None = Field(None, ge=1, le=1_000_000, description="stop after this many compared windows "
-                                "(capped by updates.shadow.max_windows; absent: that cap)")
-    minutes: float | None = Field(None, gt=0, le=10_080, description="stop after this long (capped by "
-                                  "updates.shadow.max_minutes; absent: that cap)")
-    report_every: int = Field(100, ge=1, le=1_000_000, description="a shadow report every this many compared "
-                              "windows (raised to updates.shadow.min_report_every), and one at the end")
-
-
-class ShadowDecision(StrictModel):
-    """``cmd/promote`` and ``cmd/abort``: signed by an operator, naming the candidate model exactly."""
-
-    id: str = Field(pattern=ID_PATTERN)
-    task: str = Field(description="a task that runs a model (agent.tasks.registry)")
-    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="the candidate's model file sha256")
-    sig: str | None = Field(None, max_length=200, description="base64 Ed25519 signature of "
-                            "agent.signing.shadow_message(action, task, sha256) by a key in updates.trusted_keys")
-
-    _task = field_validator("task")(classmethod(lambda cls, v: _model_task(v)))
-
-
-class ReloadCommand(StrictModel):
-    id: str = Field(pattern=ID_PATTERN)
-    config: str | None = Field(None, description="a whole new config (YAML text); absent: re-read the config file")
-    sig: str | None = Field(None, max_length=200, description="base64 Ed25519 signature of the config text's UTF-8 "
-                            "bytes by a key in updates.trusted_keys (required with config)")
-
-
-COMMANDS: dict[str, type[StrictModel]] = {"model": ModelCommand, "reload": ReloadCommand, "shadow": ShadowCommand,
-                                           "promote": ShadowDecision, "abort": ShadowDecision}
 
 
 class Refused(Exception):
@@ -116,8 +109,9 @@ class Refused(Exception):
 
 
 def parse(name: str, payload: bytes) -> StrictModel:
-    if name not in COMMANDS:
-        raise Refused(f"unknown command {name!r} (known: {sorted(COMMANDS)})", "parse")
+    commands = registry()
+    if name not in commands:
+        raise Refused(f"unknown command {name!r} (known: {sorted(commands)})", "parse")
     if len(payload) > MAX_PAYLOAD:
         raise Refused(f"{len(payload)} bytes (at most {MAX_PAYLOAD})", "parse")
     try:
@@ -125,7 +119,7 @@ def parse(name: str, payload: bytes) -> StrictModel:
     except (ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, a 5000-digit number
         raise Refused(f"not a JSON object ({type(e).__name__}: {str(e)[:100]})", "parse") from None
     try:
-        return COMMANDS[name].model_validate(data)
+        return commands[name].schema.model_validate(data)
     except ValidationError as e:
         raise Refused("; ".join(format_errors(e, name)), "parse") from None
 
@@ -133,8 +127,9 @@ def parse(name: str, payload: bytes) -> StrictModel:
 class Commands:
     """A queue and a thread: ``submit`` from the MQTT thread, run in order, answer each."""
 
-    def __init__(self, agent: "Agent", publish: Callable[[str, bytes], None] | None = None, max_queued: int = 8):
-        self.agent, self.publish = agent, publish
+    def __init__(self, host: "ControlHost", publish: Callable[[str, bytes], None] | None = None,
+                 max_queued: int = 8):
+        self.host, self.publish = host, publish
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=max_queued)
         # recent (command, id, sha256 of the payload) -> its answer: a bogus command cannot pin a later real one's id
         self._answers: OrderedDict[tuple, dict] = OrderedDict()
@@ -181,7 +176,7 @@ class Commands:
         t0 = time.monotonic()
         try:
             cmd = parse(name, payload)
-            outcome = {"ok": True, **getattr(self.agent, f"cmd_{name}")(cmd)}
+            outcome = {"ok": True, **registry()[name].handler(self.host, cmd)}
         except Refused as e:
             outcome = {"ok": False, "status": e.status, "stage": e.stage,
                        "reason": self._scrub(e.reason)[:MAX_REASON]}
@@ -191,12 +186,12 @@ class Commands:
                 f" ({outcome['reason']})" if "reason" in outcome else "")
         ack = self._answer(key, outcome)
         if outcome.get("restart"):
-            self.agent.stop()  # after the answer is queued: it goes out before the clean disconnect
+            self.host.stop()  # after the answer is queued: it goes out before the clean disconnect
         return ack
 
     def _scrub(self, reason: str) -> str:
         """The absolute state folder replaced by ``{state_dir}``: the city needs no map of the pole's disk."""
-        folder = getattr(self.agent, "state_dir", None)
+        folder = getattr(self.host, "state_dir", None)
         if folder is not None:
             for form in sorted({str(folder), str(folder.resolve())}, key=len, reverse=True):
                 reason = reason.replace(form, "{state_dir}")
@@ -209,7 +204,7 @@ class Commands:
             while len(self._answers) > 64:
                 self._answers.popitem(last=False)
         ack = {"v": 1, "id": cmd_id, "cmd": name, "ts": int(time.time() * 1000),
-               "ch": self.agent.origin.config_hash, **outcome}
+               "ch": self.host.config_hash, **outcome}
         if self.publish is not None:
             self.publish(name, json.dumps(ack, separators=(",", ":")).encode())
         return ack

@@ -3,7 +3,7 @@
 A bundle is a folder, installed on the device as ``/etc/roadside/bundle`` (read-only to the agent)::
 
     manifest.json     the index: device id, every file below with its sha256, each model's manifest sha256
-    manifest.sig      Ed25519 signature of manifest.json by the operator key (agent.signing)
+    manifest.sig      Ed25519 signature of manifest.json by the operator key (agent.control.signing)
     config.yaml       the device config, validated: device.id filled in, model paths -> models/,
                       secret files -> certs/, updates.trusted_keys -> operator.pub
     operator.pub      the operator's public key (the config's trusted key for signed model updates)
@@ -32,10 +32,10 @@ from typing import Iterator
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from . import __version__
-from .config import AgentConfig, load_config, preflight, resolve, resolve_files
-from .hashing import sha256_file
-from .schema import ConfigError, parse_yaml, read_text, validate
+from .. import __version__
+from ..config import AgentConfig, load_config, preflight, resolve, resolve_files
+from ..hashing import sha256_file
+from ..schema import ConfigError, parse_yaml, read_text, validate
 from .signing import (SignatureError, check_files, key_id, load_private_key, load_public_key, sign_manifest,
                       verify_manifest)
 
