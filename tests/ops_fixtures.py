@@ -8,6 +8,7 @@ can look at its state directly; tests that need SIGKILL, SIGHUP or the restart l
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import threading
@@ -93,6 +94,19 @@ def publish(port: int, topic: str, payload: bytes, qos: int = 1) -> None:
 def keypair(folder: Path, name: str = "ops") -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     return generate_keypair(folder / f"{name}.key", folder / f"{name}.pub")
+
+
+def rehash(folder: Path, release: int = 1, version: str | None = None) -> None:
+    """Make the manifest describe the folder's (edited) files again, as compression writes it, with a
+    release number (an update without one is refused: no downgrade) and optionally a version."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        data = (folder / name).read_bytes()
+        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    manifest["release"] = release
+    if version:
+        manifest["version"] = version
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 def signed_copy(model_folder: Path, out: Path, key: Path | None, edit=None) -> Path:

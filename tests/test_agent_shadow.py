@@ -10,7 +10,6 @@ call every window a siren. Statistics and bounds are also checked on their own, 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import time
 from collections import Counter
@@ -29,22 +28,13 @@ from agent.runtime import Agent
 from agent.shadow import WARMUP, Candidate, Comparison, Shadows, js_divergence
 from agent.sources import Message
 from agent_fixtures import Broker, Collector, write_agent_config
-from ops_fixtures import base_topic, keypair, publish, send_audio, signed_copy, tone, wait_until
+from ops_fixtures import base_topic, keypair, publish, rehash, send_audio, signed_copy, tone, wait_until
 from upstream_schema import check_upstream
 
 SHADOW_CFG = {"min_report_every": 1}
 
 
 # --------------------------------------------------------------------------- helpers
-
-def _rehash(folder: Path, release: int) -> None:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for name, entry in manifest["files"].items():
-        data = (folder / name).read_bytes()
-        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    manifest["release"] = release
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
-
 
 def resaved(release: int, doc: str = "shadow candidate"):
     """An edit for ``signed_copy``: the same weights in other bytes (another sha256), with ``release``."""
@@ -54,7 +44,7 @@ def resaved(release: int, doc: str = "shadow candidate"):
         model = onnx.load(str(folder / "model.onnx"))
         model.doc_string = doc
         onnx.save(model, str(folder / "model.onnx"))
-        _rehash(folder, release)
+        rehash(folder, release)
     return edit
 
 
@@ -73,7 +63,7 @@ def swapped_head(release: int, i: int, j: int):
                 a[[i, j]] = a[[j, i]]
                 init.CopyFrom(numpy_helper.from_array(a, init.name))
         onnx.save(model, str(folder / "model.onnx"))
-        _rehash(folder, release)
+        rehash(folder, release)
     return edit
 
 

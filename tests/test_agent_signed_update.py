@@ -21,20 +21,8 @@ import pytest
 from agent.control.bundle_io import make_bundle
 from agent.control.signing import sign_manifest
 from agent_fixtures import Collector, linear_model, write_agent_config
-from ops_fixtures import (InProcessAgent, base_topic, keypair, model_command, publish, send_audio, signed_copy,
-                          tone, wait_until)
-
-
-def _rehash(folder: Path, version: str | None = None, release: int = 1) -> None:
-    """Make the manifest describe the folder's files again (what compression writes), with a release number."""
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for name, entry in manifest["files"].items():
-        data = (folder / name).read_bytes()
-        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    if version:
-        manifest["version"] = version
-    manifest["release"] = release  # since issue 18 an update without a release is refused (no downgrade)
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+from ops_fixtures import (InProcessAgent, base_topic, keypair, model_command, publish, rehash, send_audio,
+                          signed_copy, tone, wait_until)
 
 
 def _new_version(folder: Path) -> None:
@@ -43,7 +31,7 @@ def _new_version(folder: Path) -> None:
     model = onnx.load(str(folder / "model.onnx"))
     model.doc_string = "roadside update test"
     onnx.save(model, str(folder / "model.onnx"))
-    _rehash(folder, "0.9.1-test")
+    rehash(folder, version="0.9.1-test")
 
 
 @pytest.fixture
@@ -162,7 +150,7 @@ def test_tampered_unsigned_or_foreign_bundles_are_refused_and_the_old_model_keep
 
 def _garbage_model(folder: Path) -> None:
     (folder / "model.onnx").write_bytes(b"\x08\x07" + bytes(range(256)) * 40)  # not ONNX: fails to load
-    _rehash(folder, "broken")
+    rehash(folder, version="broken")
 
 
 def test_a_model_failing_to_load_or_its_smoke_inference_is_rolled_back(rig, tmp_path, noise_model):

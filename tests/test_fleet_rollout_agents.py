@@ -17,7 +17,6 @@ knows comes from PostgreSQL: the agents' acks, shadow reports and states, stored
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import threading
 import time
@@ -27,19 +26,10 @@ import pytest
 
 from agent_fixtures import AgentProcess, Broker, write_agent_config
 from fleet_fixtures import _finish, _start, device_creds, sql, wait_for
-from ops_fixtures import send_audio, signed_copy, tone
+from ops_fixtures import rehash, send_audio, signed_copy, tone
 
 AGENTS = ["agt-0001", "agt-0002"]
 FAST = dict(windows=6, report_every=3, stage_timeout_s=90.0, soak_s=1.0, resend_s=10.0, catchup_s=30.0, tick_s=0.3)
-
-
-def _rehash(folder: Path, release: int, version: str) -> None:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for name, entry in manifest["files"].items():
-        data = (folder / name).read_bytes()
-        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    manifest.update(release=release, version=version)
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 def _edit(release: int, version: str, negate: bool = False):
@@ -56,7 +46,7 @@ def _edit(release: int, version: str, negate: bool = False):
                     if init.name in last.input[1:]:
                         init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
             onnx.save(model, str(folder / "model.onnx"))
-        _rehash(folder, release, version)
+        rehash(folder, release, version)
     return edit
 
 

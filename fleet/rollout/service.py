@@ -9,11 +9,11 @@ The operator's private key is a path given to ``run`` each time; it is never sto
 
 from __future__ import annotations
 
-import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..servers.procs import free_port
 from . import gates, plan, store
 from .bundles import BundleError, BundleStore, read_bundle
 
@@ -44,12 +44,6 @@ class MqttOps:
     def from_stack_info(cls, info: dict) -> "MqttOps":
         u = urlparse(info["nats_urls"][0])
         return cls(list(info["mqtt_ports"]), u.username, u.password, "127.0.0.1")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 async def start(conn, candidate: Path, baseline: Path, stages: list[float], actor: str, bundle_dir: Path,
