@@ -75,7 +75,12 @@ def test_device_a_can_neither_publish_as_device_b_nor_read_bs_commands(fleet_sta
     a, b = Pole(fleet_stack, "acl-a"), Pole(fleet_stack, "acl-b")
     before = fleet_stack.nats.violations()
     user, pw = device_creds(fleet_stack, "acl-ops-probe")  # noqa: F841 (a third pole, to prove B's own path works)
-    assert b.subscribe("roadside/v1/lab/acl-b/cmd/+") == [1]        # B may read its own commands
+    # B may read its own commands. NATS backs a QoS 1 MQTT subscription with a JetStream consumer, whose
+    # creation can time out on a loaded 2-core CI box (also answered 128): an allowed subscribe is retried.
+    granted = []
+    while [1] not in granted and len(granted) < 3:
+        granted.append(b.subscribe("roadside/v1/lab/acl-b/cmd/+"))
+    assert [1] in granted, granted
     assert a.subscribe("roadside/v1/lab/acl-b/cmd/+") == [128]      # A may not read B's
     assert a.subscribe("roadside/v1/+/+/cmd/+") == [128]            # nor everyone's
 
