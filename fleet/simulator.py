@@ -27,6 +27,7 @@ from pathlib import Path
 
 from agent.alerts import ModelInfo, Origin, encode_alert, encode_summary, mark_replayed
 
+from .counters import counters
 from .mqttlite import Client, MqttLiteError
 
 CLASSES = ["siren", "car_horn", "dog_bark", "jackhammer", "drilling", "gun_shot"]
@@ -57,15 +58,9 @@ class SimConfig:
 
 
 @dataclass
-class Stats:
+class Stats(counters("connects connect_errors drops resent summaries health")):
     first_sent: dict[str, float] = field(default_factory=dict)  # alert id -> time.time() of the first send
     acked: set = field(default_factory=set)
-    connects: int = 0
-    connect_errors: int = 0
-    drops: int = 0
-    resent: int = 0
-    summaries: int = 0
-    health: int = 0
 
     def connected_now(self, poles) -> int:
         return sum(p.connected for p in poles)

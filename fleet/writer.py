@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .counters import counters
+
 LAST_SEEN_STEP = "5 seconds"
 
 ALERT_COLS = [("day", "date"), ("device", "text"), ("alert_id", "text"), ("site", "text"), ("boot", "int"),
@@ -103,16 +105,8 @@ class Batch:
             self.seen[device] = (site, at)
 
 
-@dataclass
-class Written:
-    alerts: int = 0
-    summaries: int = 0
-    health: int = 0
-    states: int = 0
-    shadow: int = 0
-    acks: int = 0
-    dead: int = 0
-    duplicates: int = 0
+class Written(counters("alerts summaries health states shadow acks dead duplicates")):
+    """Rows a batch stored, per kind; ``duplicates``: alerts and summaries that were already there."""
 
 
 def _columns(rows: list[dict], cols: list[tuple[str, str]]) -> list[list]:

@@ -4,8 +4,8 @@ Everything here is computed from the messages the city-side subscriber received 
 bytes the replay sent: nothing is assumed. Sizes are MQTT payload + topic bytes (the
 framing, a few bytes a message, is left out on both sides). Latency is an alert's arrival
 at the subscriber minus its ``ts`` (the capture time of the end of the window that fired);
-congestion alerts are left out of it, because their ``ts`` is the detector data's own time
-(the 2012 recording), not the time of the replay.
+alerts of tasks fed by the loop-detector replay are left out of it, because their ``ts`` is the
+detector data's own time (the 2012 recording), not the time of the replay.
 """
 
 from __future__ import annotations
@@ -17,7 +17,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-LATENCY_EXCLUDED = {"congestion"}
+DATA_TIME_INPUT = "detector"  # the scene replays this feed at the recording's own timestamps
+
+
+def in_data_time(kind: str) -> bool:
+    """Whether alerts of ``kind`` carry the replayed recording's time (not the replay's): by what the task reads."""
+    from agent.tasks import registry
+
+    try:
+        return registry.get(kind).consumes == DATA_TIME_INPUT
+    except KeyError:
+        return False
 
 
 @dataclass
@@ -63,7 +73,7 @@ def summarise(result: DemoResult) -> dict:
     by_kind: dict[str, Counter] = {}
     for _, a, _ in alerts:
         by_kind.setdefault(a["k"], Counter())[a["c"]] += 1
-    lat = [t * 1000 - a["ts"] for t, a, _ in alerts if a["k"] not in LATENCY_EXCLUDED and "r" not in a]
+    lat = [t * 1000 - a["ts"] for t, a, _ in alerts if not in_data_time(a["k"]) and "r" not in a]
     summaries = [a for _, a, _ in _decoded(result, "summary")]
     up = Counter()
     for _, topic, payload in result.messages:
@@ -114,10 +124,11 @@ def alert_line(arrival: float, t0: float, topic: str, payload: bytes) -> str | N
         return (f"  [{t:6.1f} s] level    LAeq {_db(a.get('laeq'))}  LAFmax {_db(a.get('lafmax'))}  "
                 f"L10 {_db(a.get('l10'))}  L90 {_db(a.get('l90'))} dB(A) over {a.get('sec', 0):.0f} s")
     m = a.get("m", {})
-    if a["k"] == "level":
-        detail = ", ".join(f"{k} {v}" for k, v in m.items())
-    elif a["k"] == "congestion":
-        detail = f"speed {m.get('speed')} mph at data time {_utc(a['ts'])}"
+    metrics = ", ".join(f"{k} {v}" for k, v in m.items())
+    if in_data_time(a["k"]):
+        detail = f"{metrics} at data time {_utc(a['ts'])}".strip()
+    elif metrics:  # a rule's own figures (a sound level limit, say) say more than the latency
+        detail = metrics
     else:
         detail = f"{arrival * 1000 - a['ts']:.0f} ms after the window's end"
     return (f"  [{t:6.1f} s] ALERT    {a['k']:10s} {a['c']:17s} p {a['p']:.2f}  {a['s']:8s} {detail}  "

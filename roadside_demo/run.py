@@ -37,7 +37,6 @@ from .scene import REPO, Scene, build_scene, find_data
 DEFAULT_DURATION = 45.0
 CONFIG = REPO / "firmware_configs" / "demo.yaml"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-INPUTS = {"noise": "audio", "vehicles": "camera", "congestion": "detector"}
 Say = Callable[[str], None]
 
 
@@ -242,6 +241,21 @@ def demo_config(work: Path, sensors_port: int, city_port: int, overrides: dict |
     return path, raw, skipped
 
 
+def task_input(name: str) -> str:
+    """The sensor kind (audio, camera, detector) a task reads, as the task registry says."""
+    from agent.tasks import registry
+
+    return registry.get(name).consumes
+
+
+def config_inputs(raw: dict) -> set[str]:
+    """The sensor kinds a config (as a dict) reads: its ``tasks:`` and the section tasks it has (``level:``)."""
+    from agent.tasks import registry
+
+    sections = [spec.name for spec in registry.specs().values() if spec.section and raw.get(spec.section)]
+    return {task_input(name) for name in [*raw["tasks"], *sections]}
+
+
 # ------------------------------------------------------------------------------- run
 
 def _describe(raw: dict, skipped: dict[str, str], scene: Scene, root: Path | None, duration: float) -> list[str]:
@@ -258,7 +272,7 @@ def _describe(raw: dict, skipped: dict[str, str], scene: Scene, root: Path | Non
              f"alerts on {', '.join(t['rule']['classes'])})" for n, t in raw["tasks"].items()]
     lines.append("  tasks: " + "; ".join(tasks + (["sound level meter"] if raw.get("level") else [])))
     for name, why in skipped.items():
-        lines.append(f"  {name}: left out ({why}); its {INPUTS[name]} stream is not played")
+        lines.append(f"  {name}: left out ({why}); its {task_input(name)} stream is not played")
     return lines
 
 
@@ -281,8 +295,7 @@ def run_scene(duration: float, data: str | None = None, broker: str = "auto", sa
         city = start_broker(broker, work / "city")
         stops.append(city.stop)
         path, raw, skipped = demo_config(work, local.port, city.port, overrides)
-        inputs = {INPUTS[n] for n in raw["tasks"]} | ({"audio"} if raw.get("level") else set())
-        scene = build_scene(root, duration, work, inputs)
+        scene = build_scene(root, duration, work, config_inputs(raw))
         result.scene, result.synthetic = scene.story, scene.synthetic
         for line in _describe(raw, skipped, scene, root, duration):
             say(line)

@@ -194,13 +194,22 @@ def synthetic_images(seconds: float, work: Path) -> tuple[Path, list[str]]:
 
 # --------------------------------------------------------------------------- detector
 
+def _shipped_manifest(consumes: str) -> dict:
+    """The manifest of the shipped model that reads ``consumes`` (the agent's task registry says which task)."""
+    from agent.tasks import registry
+
+    for name, spec in registry.specs().items():
+        if spec.consumes == consumes and spec.has_model:
+            try:
+                return json.loads((REPO / "agent" / "models" / name / "manifest.json").read_text())
+            except (OSError, ValueError):
+                continue
+    return {}
+
+
 def _held_out_detectors(ids: list[str]) -> tuple[list[str], int]:
-    """(detectors never trained on, first row of evaluation time) from the shipped congestion manifest."""
-    manifest = REPO / "agent" / "models" / "congestion" / "manifest.json"
-    try:
-        ev = json.loads(manifest.read_text()).get("evaluation", {})
-    except (OSError, ValueError):
-        ev = {}
+    """(detectors never trained on, first row of evaluation time) from the shipped detector model's manifest."""
+    ev = _shipped_manifest("detector").get("evaluation", {})
     val = [d for d in ev.get("val_detectors", []) if d in ids]
     return (val, int(ev.get("eval_start_row", 0))) if val else (ids, 0)
 

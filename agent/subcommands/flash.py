@@ -1,22 +1,22 @@
-"""``roadside flash``: write a signed device bundle (config, models, certificate placeholders, systemd unit)."""
+"""``roadside flash``: write a signed device bundle: config, models, certificate placeholders, systemd unit."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from . import add_command
+
 ORDER = 50
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    fl = sub.add_parser("flash", help="write a signed device bundle: config, models, certificate placeholders, "
-                                      "systemd unit")
+    fl = add_command(sub, run)
     fl.add_argument("--config", required=True, help="firmware config, e.g. firmware_configs/jetson-orin-nano.yaml")
     fl.add_argument("--device-id", required=True, help="this device's id (topic level; [A-Za-z0-9_-], <= 32)")
     fl.add_argument("--out", required=True, help="bundle folder to write (new or empty)")
     fl.add_argument("--key", default="operator.key", help="operator's Ed25519 private key (default operator.key; "
                                                           "roadside keygen makes one)")
-    fl.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

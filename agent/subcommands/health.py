@@ -1,19 +1,19 @@
-"""``roadside health``: exit 0 when the agent's health file is fresh and healthy (a container HEALTHCHECK)."""
+"""``roadside health``: exit 0 if the agent's health file is fresh and healthy, else 1 (a container HEALTHCHECK)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from . import add_command
+
 ORDER = 80
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    hc = sub.add_parser("health", help="exit 0 if the agent's health file is fresh and healthy, else 1 "
-                                       "(a container HEALTHCHECK)")
+    hc = add_command(sub, run)
     hc.add_argument("--file", required=True, help="the agent's health file (default {state_dir}/health.json)")
     hc.add_argument("--max-age", type=float, help="seconds (default: 3 heartbeat periods + 5 s)")
-    hc.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,6 +41,34 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+# The controller's settings `rollout start` takes: option -> (rollout.service.Settings field, help).
+# Their defaults and types are the Settings' own.
+SETTINGS_OPTIONS = {
+    "--windows": ("windows", "shadow windows per canary (default 300)"),
+    "--minutes": ("minutes", "shadow at most this long (default 30)"),
+    "--stage-timeout": ("stage_timeout_s", "seconds a stage may shadow (default 2400)"),
+    "--soak": ("soak_s", "seconds after each promotion (default 600)"),
+    "--resend": ("resend_s", "resend an unanswered command after (default 30 s)"),
+    "--catchup": ("catchup_s", "wait for away poles after the last stage"),
+}
+
+
+def _settings_args(p: argparse.ArgumentParser) -> None:
+    from dataclasses import fields
+
+    from ..rollout.service import Settings
+    defaults = {f.name: f.default for f in fields(Settings)}
+    for option, (name, help) in SETTINGS_OPTIONS.items():
+        p.add_argument(option, type=type(defaults[name]), default=defaults[name], help=help)
+
+
+def _settings(args: argparse.Namespace):
+    """The ``Settings`` the options of ``rollout start`` ask for."""
+    from ..rollout.service import Settings
+    chosen = {name: getattr(args, option[2:].replace("-", "_")) for option, (name, _) in SETTINGS_OPTIONS.items()}
+    return Settings(**chosen, bundle_url=args.bundle_url, bundle_host=args.bundle_host)
+
+
 def _start(rs) -> None:
     p = rs.add_parser("start", help="create a rollout and run its controller until it ends")
     _controller_args(p)
@@ -53,12 +81,7 @@ def _start(rs) -> None:
     p.add_argument("--max-offline", type=float, help="share of updated poles gone offline (default 0.1)")
     p.add_argument("--max-confidence-drop", type=float, help="default 0.1")
     p.add_argument("--max-install-failures", type=float, help="share of poles refusing it (default 0.01)")
-    p.add_argument("--windows", type=int, default=300, help="shadow windows per canary (default 300)")
-    p.add_argument("--minutes", type=int, default=30, help="shadow at most this long (default 30)")
-    p.add_argument("--stage-timeout", type=float, default=2400.0, help="seconds a stage may shadow (default 2400)")
-    p.add_argument("--soak", type=float, default=600.0, help="seconds after each promotion (default 600)")
-    p.add_argument("--resend", type=float, default=30.0, help="resend an unanswered command after (default 30 s)")
-    p.add_argument("--catchup", type=float, default=86400.0, help="wait for away poles after the last stage")
+    _settings_args(p)
     p.add_argument("--devices-like", help="only poles whose id matches this SQL LIKE pattern")
     p.add_argument("--bundle-url", default="", help="poles fetch bundles here (default: served by the controller)")
     p.add_argument("--bundle-host", default="127.0.0.1", help="address to serve bundles on (default %(default)s)")
@@ -100,15 +123,12 @@ def start(args: argparse.Namespace) -> int:
 
     from ..rollout.bundles import BundleError
     from ..rollout.plan import PlanError, parse_stages
-    from ..rollout.service import Settings
     from ..rollout.service import start as start_rollout
     try:
         stages = parse_stages(args.stages)
     except PlanError as e:
         raise SystemExit(str(e)) from None
-    settings = Settings(windows=args.windows, minutes=args.minutes, stage_timeout_s=args.stage_timeout,
-                        soak_s=args.soak, resend_s=args.resend, catchup_s=args.catchup, bundle_url=args.bundle_url,
-                        bundle_host=args.bundle_host)
+    settings = _settings(args)
     overrides = {"min_windows": args.min_windows, "max_disagreement": args.max_disagreement,
                  "max_latency_ratio": args.max_latency_ratio, "max_offline": args.max_offline,
                  "max_confidence_drop": args.max_confidence_drop, "max_install_failures": args.max_install_failures}

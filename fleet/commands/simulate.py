@@ -1,4 +1,10 @@
-"""``roadside fleet simulate``: N simulated poles publishing through a running stack's MQTT listeners."""
+"""``roadside fleet simulate``: N simulated poles (own MQTT connection, will, retained state each).
+
+Register N poles (sim-0001...) with the stack in --dir (their own MQTT users), connect each with its
+own MQTT connection, boot counter, will and retained state, and publish alerts (Poisson at --rate per
+second over the whole fleet), level summaries and health built by the agent's own encoders. Seeded.
+Prints a JSON summary at the end.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,11 @@ import json
 import time
 from pathlib import Path
 
+from agent.subcommands import add_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="N simulated poles (own MQTT connection, will, retained state each)",
-                       description="Register N poles (sim-0001...) with the stack in --dir (their own MQTT users), "
-                       "connect each with its own MQTT connection, boot counter, will and retained state, and "
-                       "publish alerts (Poisson at --rate per second over the whole fleet), level summaries and "
-                       "health built by the agent's own encoders. Seeded. Prints a JSON summary at the end.")
+    p = add_command(sub, run)
     p.add_argument("--dir", type=Path, default=Path("city"), help="folder of a running `roadside fleet up`")
     p.add_argument("--devices", type=int, default=100, help="number of poles")
     p.add_argument("--rate", type=float, default=100.0, help="alerts per second, whole fleet")
@@ -24,7 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--boot", type=int, default=1, help="boot counter of every pole (a new one = poles restarted)")
     p.add_argument("--ca-file", type=Path, help="connect with TLS, trusting only this CA (as the agent does)")
     p.add_argument("--prefix", default="sim", help="device ids are PREFIX-0001...")
-    p.set_defaults(func=run)
 
 
 def fleet_names(n: int, sites: int, prefix: str = "sim") -> dict[str, str]:

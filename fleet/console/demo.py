@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from roadside_demo.run import MOSQUITTO
+from roadside_demo.run import MOSQUITTO, task_input
 from roadside_demo.scene import AUDIO_ORDER, NOISE_LABELS, SEGMENT_S, _clips, _recordings, build_scene, find_data
 
 from ..servers.procs import Proc, free_port, pids_alive, wait_port
@@ -93,7 +93,7 @@ class DemoPole:
 
     def _scene(self, root: Path | None, seconds: float, tasks: set[str]) -> list[str]:
         if self.k == 0:
-            inputs = {{"noise": "audio", "vehicles": "camera", "congestion": "detector"}[t] for t in tasks} | {"audio"}
+            inputs = {task_input(t) for t in tasks} | {"audio"}
             scene = build_scene(root, seconds, self.folder, inputs)
             args = ["--audio", str(scene.audio)] if scene.audio else []
             args += ["--images", str(scene.images)] if scene.images else []

@@ -42,6 +42,7 @@ class BundleInfo:
 
 def read_bundle(path: Path | str) -> BundleInfo:
     from agent.control.store import model_file
+    from agent.tasks.registry import model_tasks
 
     path = Path(path)
     try:
@@ -62,8 +63,9 @@ def read_bundle(path: Path | str) -> BundleInfo:
     if not isinstance(entry, dict) or not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256", ""))):
         raise BundleError(f"{path}: manifest lists no sha256 for its model file {model_file(manifest)!r}")
     task = manifest.get("task")
-    if task not in ("noise", "vehicles", "congestion"):
-        raise BundleError(f"{path}: manifest task {task!r} is not noise, vehicles or congestion")
+    known = model_tasks()
+    if task not in known:
+        raise BundleError(f"{path}: manifest task {task!r} is not a task with a model (known: {', '.join(known)})")
     return BundleInfo(path, hashlib.sha256(data).hexdigest(), task, release, manifest.get("version"),
                       entry["sha256"], manifest.get("metrics") or {}, len(data))
 

@@ -1,1 +1,0 @@
-"""Teacher networks (PyTorch) and their fine-tuning."""
