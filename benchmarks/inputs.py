@@ -46,7 +46,7 @@ def _audio_frontend(frontend: dict) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def noise(data_dir: Path) -> TaskInputs:
-    from compression.datasets.urbansound import list_clips, load_clip
+    from compression.tasks.noise.urbansound import list_clips, load_clip
 
     root = data_dir / "urbansound8k"
     held_out = list_clips(root, folds=["fold2"])
@@ -111,7 +111,7 @@ def _windows(table, detectors: list[str], rows: range, history: int, n: int) -> 
 
 
 def congestion(data_dir: Path) -> TaskInputs:
-    from compression.datasets.traffic import load_speeds
+    from compression.tasks.congestion.traffic import load_speeds
 
     _, manifest, _ = shipped("congestion")
     ev = manifest.get("evaluation", {})

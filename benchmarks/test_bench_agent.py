@@ -33,7 +33,7 @@ DAY = 86400
 def stream_messages(data_dir):
     """(kind, sensor, payload) in arrival order: N_STREAMS microphones, 100 ms chunks, interleaved in time."""
     from agent.payloads import encode_audio
-    from compression.datasets.urbansound import list_clips, load_clip
+    from compression.tasks.noise.urbansound import list_clips, load_clip
 
     clips = list_clips(data_dir / "urbansound8k", folds=["fold2"])[::7]
     per_stream = int(STREAM_S / 4)

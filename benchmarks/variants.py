@@ -180,7 +180,7 @@ def _noise_teacher(tmp: Path) -> Variant:
     torch = pytest.importorskip("torch", reason="the noise teacher is exported from its checkpoint with torch")
     from agent.features.audio import LogMelParams
     from compression.export import export_onnx
-    from compression.teachers.noise import load_checkpoint
+    from compression.tasks.noise.teacher import load_checkpoint
 
     checkpoint = noise_teacher_checkpoint()
     if not checkpoint.is_file():

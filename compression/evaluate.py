@@ -16,11 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from agent.features.audio import LogMelParams, log_mel
 
-from .datasets import urbansound, vehicles
-from .manifest import sha256_file
-from .metrics import classification_report, topk_accuracy
+from compression.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +54,14 @@ def load_scorer(path: Path | str, threads: int = 1) -> Scorer:
     if path.suffix == ".pt":
         import torch
 
-        from .tasks import get
+        from compression.tasks import get
 
         torch.set_num_threads(threads)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        # a checkpoint names its task; the oldest noise ones predate the key
-        entry = get(ckpt.get("task", "noise") if isinstance(ckpt, dict) else "noise")
+        task = ckpt.get("task") if isinstance(ckpt, dict) else None
+        if task is None:
+            raise ValueError(f"{path}: the checkpoint names no task (a dict with a 'task' key is expected)")
+        entry = get(task)
         model, cfg = entry.load("checkpoint")(path)
         scorer = torch_scorer(model, cfg["task"], list(cfg["labels"]), cfg["frontend"], cfg["window_seconds"],
                               sha256_file(path))
@@ -112,82 +111,10 @@ def held_out_clips(scorer: Scorer, data: Path, clips: list, include_training: bo
     return kept, info
 
 
-def evaluate_noise(scorer: Scorer, data: Path, batch: int = 32, clips: list | None = None,
-                   include_training: bool = False) -> dict:
-    """Clips named like UrbanSound8K's, in fold folders of any name or directly in ``data``
-    (or exactly ``clips``), scored with the front-end the model's contract names. Folds the model
-    trained on are left out and named in ``excluded`` unless ``include_training``."""
-    params = LogMelParams.from_dict(scorer.frontend)
-    clips = urbansound.list_clips(data) if clips is None else clips
-    if not clips:
-        raise ValueError(f"no clips named like UrbanSound8K's (fsID-classID-occurrence-slice.flac) in {data}")
-    clips, held_out = held_out_clips(scorer, data, clips, include_training)
-    scores, kept, skipped = [], [], 0
-    for i in range(0, len(clips), batch):
-        waves, ok, n_bad = urbansound.load_clips(clips[i:i + batch], sample_rate=params.sample_rate,
-                                                 seconds=scorer.window_seconds, progress=False)
-        skipped += n_bad
-        if not ok:
-            continue
-        x = np.stack([log_mel(w, params) for w in waves])[:, None]
-        scores.append(scorer.logits(x))
-        kept.extend(ok)
-    logits = np.concatenate(scores)
-    y = np.array([c.label for c in kept])
-    pred = logits.argmax(1)
-    result = classification_report(y, pred, scorer.labels)
-    folds = sorted({c.fold for c in kept})
-    result["top3_accuracy"] = topk_accuracy(y, logits, 3)
-    result["per_fold"] = {f or ".": float((pred[[c.fold == f for c in kept]] ==
-                                           y[[c.fold == f for c in kept]]).mean()) for f in folds}
-    result["skipped"] = skipped
-    result.update(held_out)
-    result["logits"] = logits  # for agreement between stages; dropped from the CLI's JSON
-    return result
-
-
-def vehicle_items(data: Path, labels: list[str]) -> list[tuple[Path, int]]:
-    """(path, index in ``labels``) for crops in class sub-folders named by the labels (any subset of them)."""
-    folders = vehicles.class_folders(data)
-    unknown = [f for f in folders if f not in labels]
-    if unknown or not folders:
-        raise ValueError(f"{data}: class folder(s) {unknown or '(none)'} are not labels of the model {labels}: "
-                         f"expected sub-folders named after the labels, holding the crops")
-    return [(p, labels.index(folders[y])) for p, y in vehicles.list_images(data, labels=None)]
-
-
-def evaluate_vehicles(scorer: Scorer, data: Path, batch: int = 64, items: list | None = None,
-                      include_training: bool = False) -> dict:
-    """Crops in class sub-folders of ``data`` (or exactly ``items``, (path, label index) pairs),
-    through the image front-end the model's contract names; unreadable files are skipped and counted.
-    A class folder carries no split, so which crops are held out is the caller's folder
-    (``include_training`` changes nothing here)."""
-    from agent.features.image import ImageParams
-
-    params = ImageParams.from_dict(scorer.frontend)
-    items = vehicle_items(data, scorer.labels) if items is None else items
-    if not items:
-        raise ValueError(f"no images (.jpg, .png, ...) in the class folders of {data}")
-    scores, ys, skipped = [], [], 0
-    for i in range(0, len(items), batch):
-        x, y, _, n_bad = vehicles.load_images(items[i:i + batch], params, progress=False)
-        skipped += n_bad
-        if len(x):
-            scores.append(scorer.logits(x))
-            ys.append(y)
-    if not scores:
-        raise ValueError(f"none of the {len(items)} images in {data} could be decoded")
-    logits, y = np.concatenate(scores), np.concatenate(ys)
-    result = classification_report(y, logits.argmax(1), scorer.labels)
-    result["skipped"] = skipped
-    result["logits"] = logits  # for agreement between stages; dropped from the CLI's JSON
-    return result
-
-
 def evaluate(model: Path | str, data: Path | str | None, threads: int = 1, include_training: bool = False) -> dict:
     """Score a model on the held-out data of its task (compression.tasks: the evaluator and how the
     task finds its folder from a data root, the task's own folder, or a folder of its files)."""
-    from .tasks import get
+    from compression.tasks import get
 
     scorer = load_scorer(model, threads=threads)
     try:

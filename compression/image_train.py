@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .image_augment import Views
-from .schedule import optimise, warmup_cosine
+from compression.image_augment import Views
+from compression.distillation import distillation_loss
+from compression.schedule import optimise, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,13 @@ class TeacherCache:
             for k, row in zip(missing, out):
                 self.cache[keys[k]] = row.clone()
         return torch.stack([self.cache[key] for key in keys])
+
+    def state_dict(self) -> dict:
+        """What a reused stage restores (``compression.chain.lineage``): the logits computed so far."""
+        return {"cache": self.cache, "calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cache, self.calls = dict(state["cache"]), state["calls"]
 
 
 def soft_ce(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -90,9 +98,7 @@ def train(model: nn.Module, views: Views, sched: Schedule, seed: int, desc: str,
             logits = model(torch.from_numpy(xs[student_input]))
             loss = soft_ce(logits, torch.from_numpy(y), label_smoothing)
             if teacher is not None:
-                soft = torch.softmax(teacher.logits(keys, xs[teacher_input]) / temperature, 1)
-                kd = nn.functional.kl_div(torch.log_softmax(logits / temperature, 1), soft, reduction="batchmean")
-                loss = alpha * kd * temperature ** 2 + (1 - alpha) * loss
+                loss = distillation_loss(logits, teacher.logits(keys, xs[teacher_input]), loss, temperature, alpha)
             optimise(opt, loss, losses, bar)
             step += 1
         entry = {"run": desc, "epoch": epoch + 1, "train_loss": float(np.mean(losses))}

@@ -29,6 +29,11 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj)).hexdigest()
 
 
+def sha256_bytes(data) -> str:
+    """sha256 of an in-memory buffer (bytes, or an array's raw C-ordered bytes)."""
+    return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+
+
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _TOOLS:

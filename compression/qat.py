@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .quantise import kept_in_float
+from compression.quantise import kept_in_float
 
 QMIN, QMAX = -128, 127
 

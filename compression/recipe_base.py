@@ -1,6 +1,6 @@
 """What every task's compression recipe shares, written once.
 
-A task's recipe (compression/recipe.py for noise, compression/chains/<task>_recipe.py) is a
+A task's recipe (compression/tasks/noise/recipe.py for noise, compression/chains/<task>_recipe.py) is a
 ``RecipeBase`` with its own sections. Sections that several tasks have take the shared fields
 from here and set their task's defaults with ``with_defaults``: a field's type, bounds and
 description are written once, its default where the task chooses it.
@@ -107,12 +107,32 @@ class EngineSection(StrictModel):
     workspace_mb: int = Field(1024, ge=16)
 
 
+class PruneBase(StrictModel):
+    """Structured pruning in steps, each followed by KD fine-tuning; each task adds its method and target."""
+    enabled: bool = True
+    steps: int = Field(3, ge=1, description="prune in this many steps, each followed by KD fine-tuning")
+    epochs_per_step: int = Field(5, ge=0, description="KD epochs after each pruning step")
+    final_epochs: int | None = Field(None, ge=0, description="KD epochs after the last step (default epochs_per_step)")
+    lr: float = Field(5e-4, gt=0, description="peak learning rate of the KD fine-tuning after each step")
+    round_to: int = Field(8, ge=1, description="keep channel counts multiples of this (tensor cores want 8)")
+    max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more of one layer than this")
+
+
+class GateBase(StrictModel):
+    """What a classification chain's gate holds the shipped model to (``compression.chain.gate``)."""
+    max_drop: float = Field(2.0, ge=0, description="accuracy points the shipped INT8 model may lose against the teacher")
+    max_onnx_logit_diff: float = Field(1e-4, gt=0, description="largest |logit| difference allowed between the "
+                                                              "PyTorch FP32 model and its ONNX export on real inputs")
+
+
 class RecipeBase(StrictModel):
     """The top level of every recipe; a task's recipe fixes ``task``, names its artefact and adds its
-    own sections (its ``name`` description gives an example of its own). Every task quantises alike."""
+    own sections (its ``name`` description gives an example of its own). Every task quantises and builds
+    its TensorRT engine alike (``compression.chain``)."""
     task: str
     name: str = Field(description="artefact name")
     version: str = Field(description="artefact version (semver)")
     seed: int = 0
     threads: int = Field(2, ge=1, description="torch threads for training")
     quantise: QuantiseSection = QuantiseSection()
+    engine: EngineSection = EngineSection()

@@ -26,17 +26,43 @@ SMOKE = ["--set", "data.max_clips=24", "--set", "distil.epochs=1", "--set", "pru
 SHIPPED = REPO / "agent" / "models" / "noise"
 
 
+# max_drop 100: a one-epoch student is poor; this run checks the plumbing, not the accuracy.
+# Its least-squares re-fits on 8 clips give logits of ~20 where float32 rounding reaches a few
+# 1e-4: the absolute parity bound is the full run's (in its gate), the smoke run checks the relative one.
+LENIENT = ["--set", "gate.max_drop=100", "--set", "gate.max_onnx_logit_diff=0.01"]
+
+
 @pytest.fixture(scope="module")
-def smoke(data_dir, tmp_path_factory) -> Path:
+def smoke_run(data_dir, tmp_path_factory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("shipped")
     work = tmp_path_factory.mktemp("work")
-    # max_drop 100: a one-epoch student is poor; this run checks the plumbing, not the accuracy.
-    # Its least-squares re-fits on 8 clips give logits of ~20 where float32 rounding reaches a few
-    # 1e-4: the absolute parity bound is the full run's (in its gate), the smoke run checks the relative one.
     rc = main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(out),
-               "--work", str(work), "--set", "gate.max_drop=100", "--set", "gate.max_onnx_logit_diff=0.01", *SMOKE])
+               "--work", str(work), *LENIENT, *SMOKE])
     assert rc == 0
-    return out
+    return out, work
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_run) -> Path:
+    return smoke_run[0]
+
+
+def test_a_rerun_reuses_the_distilled_student_and_ships_the_same_bytes(smoke_run, data_dir, tmp_path):
+    """The distilled student's lineage record (settings, teacher, training clips) is its cache key: a re-run
+    with other pruning settings starts from it, restoring the RNG and the teacher's cached outputs, so the
+    same settings ship the same bytes as the run that trained it."""
+    out, work = smoke_run
+    record = json.loads((work / "student.pt.lineage.json").read_text())
+    assert record["stage"] == "distil" and set(record["inputs"]) == {"teacher", "train"}
+    mtime = (work / "student.pt").stat().st_mtime_ns
+    again = tmp_path / "again"
+    assert main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(again),
+                 "--work", str(work), *LENIENT, *SMOKE]) == 0
+    assert (work / "student.pt").stat().st_mtime_ns == mtime
+    assert (again / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    first, second = (json.loads((d / "report.json").read_text()) for d in (out, again))
+    assert second["teacher_forward_clips"] == first["teacher_forward_clips"]  # the cache came back with it
+    assert json.loads((work / "pruned.pt.lineage.json").read_text())["inputs"]["student"] == record["output"]["sha256"]
 
 
 def test_every_stage_is_scored_with_the_same_numbers(smoke):
@@ -78,7 +104,7 @@ def test_onnx_export_matches_pytorch(smoke):
 
 
 def test_gate_refuses_an_export_that_does_not_match_pytorch():
-    from compression import gate
+    from compression.chain import gate
 
     recipe = load_recipe(RECIPE)
     assert gate.check_parity(recipe, {"clips": 16, "max_abs_logit_diff": 9e-6}) == []
@@ -106,7 +132,7 @@ def test_shipped_folder_is_a_valid_contract(smoke):
 def test_eval_cli_scores_only_the_folds_the_model_never_trained_on(smoke, data_dir, capsys):
     """The manifest records the folds the student and its teacher learnt from; eval leaves them out
     and says so, and scores them only when asked, named as training folds."""
-    from compression.datasets.urbansound import available_folds, find_root, list_clips
+    from compression.tasks.noise.urbansound import available_folds, find_root, list_clips
 
     root = find_root(data_dir)
     trained_on = json.loads((smoke / "manifest.json").read_text())["training_folds"]
@@ -130,7 +156,7 @@ def test_eval_cli_scores_only_the_folds_the_model_never_trained_on(smoke, data_d
 
 def test_eval_refuses_a_folder_that_holds_only_training_clips(smoke, data_dir, capsys):
     """Pointing --data at the training fold itself (clips directly in it) does not slip past."""
-    from compression.datasets.urbansound import find_root
+    from compression.tasks.noise.urbansound import find_root
 
     fold1 = find_root(data_dir) / "fold1"
     assert main(["eval", "--model", str(smoke / "model.onnx"), "--data", str(fold1), "--json"]) == 2
@@ -140,8 +166,8 @@ def test_eval_refuses_a_folder_that_holds_only_training_clips(smoke, data_dir, c
 def test_the_shipped_noise_model_records_the_folds_it_trained_on(data_dir):
     """The shipped student and its teacher learnt from the folds its manifest names (never the validation
     fold): its training list hash is those folds' clip list, so roadside eval may score every other fold."""
-    from compression.datasets.urbansound import data_list_sha256, find_root, list_clips
-    from compression.teachers.noise import training_folds
+    from compression.tasks.noise.urbansound import data_list_sha256, find_root, list_clips
+    from compression.tasks.noise.teacher import training_folds
 
     manifest = json.loads((SHIPPED / "manifest.json").read_text())
     root = find_root(data_dir)
@@ -173,9 +199,9 @@ def test_int8_losing_too_much_for_tensorrt_is_retrained_quantisation_aware_then_
     one-epoch student on 24 clips cannot be made to): QAT is tried, scored like every stage, and when it
     loses too much as well TensorRT is given the float model (an FP16 engine) and both reasons are reported.
     The student is fed features at a tenth of their scale and not distilled, so the gate refuses the run."""
-    from compression import pipeline
+    from compression.tasks.noise.chain import NoiseTail
 
-    monkeypatch.setattr(pipeline, "_tuning_loss", lambda run, name, path: 50.0)
+    monkeypatch.setattr(NoiseTail, "tuning_loss", lambda tail, name, path: 50.0)
     out = tmp_path / "out"
     rc = main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(out),
                "--work", str(tmp_path / "work"), *SMOKE, "--set", "distil.epochs=0", "--set", "prune.enabled=false",
@@ -184,7 +210,7 @@ def test_int8_losing_too_much_for_tensorrt_is_retrained_quantisation_aware_then_
     report = json.loads((out / "report.json").read_text())
     qat = report["stages"]["int8_tensorrt_qat"]
     assert qat["n"] == 24 and 0.0 <= qat["top1_agreement_with_fp32"] <= 1.0
-    rejected = report["int8_tensorrt_rejected"]
+    rejected = report["int8_rejected"]["tensorrt"]
     for stage in ("int8_tensorrt", "int8_tensorrt_qat"):  # each with the points it lost on the tuning clips
         assert any(r.startswith(f"{stage}: loses 50.00 points") and "tuning clips" in r for r in rejected)
     assert report["shipped"]["tensorrt"] == "pruned" and report["targets"]["tensorrt"]["precision"] == "fp16"
@@ -194,14 +220,14 @@ def test_int8_losing_too_much_for_tensorrt_is_retrained_quantisation_aware_then_
 
 
 def test_gate_refuses_a_model_over_budget():
-    from compression import gate
+    from compression.tasks.noise.chain import check
 
     recipe = load_recipe(RECIPE)
     teacher = {"accuracy": 0.80}
     ok = {"accuracy": 0.79, "params": 100_000, "macs_per_second": 5e6}
-    assert gate.check(recipe, teacher, ok) == []
+    assert check(recipe, teacher, ok) == []
     too_big = {**ok, "params": 200_000, "macs_per_second": 40e6}
-    assert [f.split()[1] for f in gate.check(recipe, teacher, too_big)] == ["parameters", "M"]
+    assert [f.split()[1] for f in check(recipe, teacher, too_big)] == ["parameters", "M"]
 
 
 def test_recipe_errors_name_the_key(tmp_path):
@@ -261,7 +287,7 @@ def test_any_torch_teacher_with_its_own_frontend(data_dir, tmp_path):
     import torch
 
     from agent.features.audio import STUDENT_LOGMEL
-    from compression import pipeline
+    from compression.tasks.noise.chain import compress
 
     class UserTeacher(torch.nn.Module):
         def __init__(self):
@@ -277,7 +303,7 @@ def test_any_torch_teacher_with_its_own_frontend(data_dir, tmp_path):
                                     "distil.epochs": 1, "prune.enabled": False, "quantise.enabled": False,
                                     "gate.max_drop": 100})
     labels = [f"class{i}" for i in range(10)]
-    report = pipeline.compress(UserTeacher(), STUDENT_LOGMEL.to_dict(), labels, recipe, data_dir,
+    report = compress(UserTeacher(), STUDENT_LOGMEL.to_dict(), labels, recipe, data_dir,
                                tmp_path / "out", tmp_path / "work")
     assert list(report["stages"]) == ["teacher", "student", "pruned"]
     assert report["stages"]["student"]["frontend"] == STUDENT_LOGMEL.to_dict()

@@ -18,7 +18,7 @@ from agent.backends.contract import load_contract
 from agent.cli import main
 from agent.features.detector import DetectorParams
 from agent.schema import ConfigError
-from compression.chains.congestion import load_data
+from compression.tasks.congestion.chain import load_data
 from compression.manifest import verify_files
 from compression.recipe import load_recipe
 
@@ -60,7 +60,7 @@ def test_every_stage_and_both_baselines_are_scored_on_the_same_held_out_windows(
         assert 0 <= m["without_profile"]["macro_f1"] <= 1 and m["without_profile"]["speed"]["rmse_mph"] > 0
     assert 0 < report["evaluation"]["profile_known_fraction"] <= 1
     assert report["stages"]["student"]["params"] <= 20_000
-    assert report["shipped"]["cpu"] in ("student", "student_int8") and report["shipped"]["int8_decision"]
+    assert report["shipped"]["cpu"] in ("student", "student_int8") and report["targets"]["onnxruntime"]["why"]
     assert set(report["issue_targets"]) == {"macro_f1", "rmse_vs_persistence", "rmse_mph"}
     boot = report["issue_targets"]["macro_f1"]["detector_bootstrap"]  # how sure the gain is, detector by detector
     assert boot["detectors"] == report["evaluation"]["detectors"] and boot["ci95"][0] <= boot["gain"] <= boot["ci95"][1]
@@ -207,3 +207,26 @@ def test_unknown_recipe_key_is_named_with_its_line(tmp_path):
     bad.write_text(RECIPE.read_text().replace("  tune_bias: true", "  tune_bias: true\n  tune_bais: false"))
     with pytest.raises(ConfigError, match=r"line \d+: loss\.tune_bais: Extra inputs are not permitted"):
         load_recipe(bad)
+
+
+def test_a_rerun_reuses_the_teacher_its_record_matches_and_ships_the_same_bytes(smoke, data_dir, tmp_path):
+    """Each stage's lineage record (``*.lineage.json`` beside its output) is the cache key: the same recipe
+    and data find the teacher trained before and reuse it, and the shipped model comes out byte for byte
+    the same; a setting that changes the teacher trains a new one."""
+    out, work = smoke
+    record = work / "teacher.pt.lineage.json"
+    before = json.loads(record.read_text())
+    assert before["stage"] == "teacher" and before["inputs"]["speed_file_sha256"] and before["metrics"]
+    mtime = (work / "teacher.pt").stat().st_mtime_ns
+    again = tmp_path / "again"
+    assert main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(again), "--work",
+                 str(work), *_sets({**TINY, **LENIENT})]) == 0
+    assert (work / "teacher.pt").stat().st_mtime_ns == mtime  # reused, not trained again
+    assert (again / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert json.loads((work / "student_int8.onnx.lineage.json").read_text())["stage"] == "quantise"
+
+    other = tmp_path / "other"
+    assert main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(other), "--work",
+                 str(work), *_sets({**TINY, **LENIENT, "teacher.hidden": 8})]) == 0
+    assert json.loads(record.read_text())["config_sha256"] != before["config_sha256"]
+    assert (work / "teacher.pt").stat().st_mtime_ns != mtime

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from agent.features.detector import CONGESTED, FREE, SLOWED, DetectorParams
-from compression.chains.congestion_eval import build_eval_set
-from compression.chains.congestion_metrics import (detector_bootstrap, forecast_metrics, macro_f1_of, rmse_bootstrap,
+from compression.tasks.congestion.evaluate import build_eval_set
+from compression.tasks.congestion.metrics import (detector_bootstrap, forecast_metrics, macro_f1_of, rmse_bootstrap,
                                                   state_grid, warning_metrics)
-from compression.chains.congestion_train import tune_offsets
-from compression.datasets.traffic import (STEPS_PER_DAY, TrafficDataError, eval_start_row, historical_average,
+from compression.tasks.congestion.train import tune_offsets
+from compression.tasks.congestion.traffic import (STEPS_PER_DAY, TrafficDataError, eval_start_row, historical_average,
                                           load_speeds)
 
 P = DetectorParams()

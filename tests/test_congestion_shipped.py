@@ -24,7 +24,7 @@ from agent.payloads import DetectorReading
 from agent.rules import Rule, softmax
 from agent.tasks import load_model
 from agent.tasks.congestion import CongestionTask, CongestionTaskConfig
-from compression.datasets.traffic import load_speeds, usual_speed_tables
+from compression.tasks.congestion.traffic import load_speeds, usual_speed_tables
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "agent" / "models" / "congestion" / "model.onnx"

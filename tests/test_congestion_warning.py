@@ -11,7 +11,7 @@ import pytest
 
 from agent.features.detector import CONGESTED, FREE
 from agent.features.warning import WarningPoint, warning_score
-from compression.chains.congestion_metrics import choose_warning_point, warning_curve
+from compression.tasks.congestion.metrics import choose_warning_point, warning_curve
 from compression.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]

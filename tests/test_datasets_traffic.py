@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from agent.features.detector import DetectorParams
-from compression.datasets import traffic
-from compression.datasets.traffic import (TrafficDataError, detector_windows, load_adjacency, load_speeds,
+from compression.tasks.congestion import traffic
+from compression.tasks.congestion.traffic import (TrafficDataError, detector_windows, load_adjacency, load_speeds,
                                           split_detectors)
 
 IDS = ("717447", "717446", "773062")

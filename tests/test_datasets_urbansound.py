@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from compression.datasets import datadir, urbansound
+from compression.datasets import datadir
+
+from compression.tasks.noise import urbansound
 from compression.datasets.datadir import DataDirError, resolve_data_dir
-from compression.datasets.urbansound import (LABELS, Clip, ClipError, UrbanSoundError, available_folds,
+from compression.tasks.noise.urbansound import (LABELS, Clip, ClipError, UrbanSoundError, available_folds,
                                              data_list_sha256, list_clips, load_clip, load_clips)
 
 SR = 16000

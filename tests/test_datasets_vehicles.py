@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from agent.features.image import ImageParams
-from compression.datasets import vehicles
-from compression.datasets.vehicles import (LABELS, SplitError, VehiclesError, list_images, load_images,
+from compression.tasks.vehicles import dataset as vehicles
+from compression.tasks.vehicles.dataset import (LABELS, SplitError, VehiclesError, list_images, load_images,
                                            load_split, make_split, save_split, split_for)
 
 PER_CLASS = 5

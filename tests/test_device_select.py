@@ -11,8 +11,8 @@ import torch
 
 from agent.features.audio import STUDENT_LOGMEL
 from compression.devices import DeviceUnavailable, resolve_device
-from compression.distil import Distiller
-from compression.recipe import DistilSection
+from compression.tasks.noise.distil import Distiller
+from compression.tasks.noise.recipe import DistilSection
 
 RATE = 16000
 NO_GPU = not torch.cuda.is_available()
@@ -40,11 +40,12 @@ def test_an_unknown_device_names_the_choices(name):
 
 def test_the_functions_the_cli_calls_take_a_device_keyword():
     """``roadside compress`` calls compression.pipeline.run, ``roadside teacher train``
-    compression.teachers.noise.run: both take ``device`` (default auto) for the CLI's --device."""
+    compression.tasks.noise.teacher.run: both take ``device`` (default auto) for the CLI's --device."""
     from compression import pipeline
-    from compression.teachers import noise
+    from compression.tasks.noise import chain
+    from compression.tasks.noise import teacher as noise
 
-    for fn in (pipeline.run, pipeline.run_noise, pipeline.compress, noise.run):
+    for fn in (pipeline.run, chain.run_noise, chain.compress, noise.run):
         p = inspect.signature(fn).parameters["device"]
         assert p.default == "auto", fn.__qualname__
 
@@ -73,8 +74,8 @@ def test_a_training_step_on_the_cpu_is_reproducible():
 
 
 def test_the_teacher_fine_tuning_step_runs_on_the_device_and_returns_to_the_cpu():
-    from compression.teachers import finetune
-    from compression.teachers.recipe import TeacherRecipe
+    from compression.tasks.noise import finetune
+    from compression.tasks.noise.teacher_recipe import TeacherRecipe
 
     class Tiny(torch.nn.Module):  # the part of mn04's interface train() uses: classifier[5], (logits, emb)
         def __init__(self):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from agent.features.audio import STUDENT_LOGMEL, TEACHER_LOGMEL, band_centres_hz
-from compression.distil import Distiller, Views, features
-from compression.recipe import DistilSection
-from compression.teachers.recipe import AugmentSection
+from compression.tasks.noise.distil import Distiller, Views, features
+from compression.tasks.noise.recipe import DistilSection
+from compression.tasks.noise.teacher_recipe import AugmentSection
 
 RATE = 16000
 

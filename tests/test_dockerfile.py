@@ -129,7 +129,7 @@ def test_static_entrypoint_is_roadside_agent(parsed):
 
 
 DEV_TOOLS = ("roadside_demo", "fleet", "tests", "benchmarks", "scripts", ".ci", "runs")
-NOT_ON_A_POLE = DEV_TOOLS + ("torch", "torchvision", "torch_pruning", "compression.teachers", "compression.pipeline")
+NOT_ON_A_POLE = DEV_TOOLS + ("torch", "torchvision", "torch_pruning", "compression.tasks", "compression.pipeline")
 
 
 def _copied(parsed) -> list[Path]:

@@ -161,7 +161,7 @@ def test_other_params_change_the_window_and_thresholds():
 
 
 def test_real_detector_device_and_offline_agree(data_dir):
-    from compression.datasets.traffic import load_speeds
+    from compression.tasks.congestion.traffic import load_speeds
 
     table = load_speeds(data_dir / "traffic" / "los_speed.csv")
     series = table.speeds[:, 0]

@@ -15,7 +15,7 @@ import pytest
 
 from agent.features.detector import (DetectorParams, DetectorParamsError, DetectorProfile, DetectorWindow,
                                      forget_profile, make_windows, profile_columns, usual_speeds, window_features)
-from compression.datasets.traffic import SpeedTable, detector_windows, usual_speed_tables
+from compression.tasks.congestion.traffic import SpeedTable, detector_windows, usual_speed_tables
 
 P = DetectorParams(profile_ahead_steps=6, profile_max_days=3)
 DAY = P.steps_per_day

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compression import prune
-from compression.students.cnn import SmallCNN
+from compression.tasks.noise.students.cnn import SmallCNN
 
 EXAMPLE = torch.zeros(1, 1, 64, 398)
 

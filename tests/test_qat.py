@@ -89,10 +89,10 @@ def test_no_calibration_is_refused():
 def test_layer_names_are_the_onnx_export_s_so_keep_float_selects_the_same_layers_as_post_training(tmp_path):
     """quantise.tensorrt.keep_float patterns are written against ONNX node names; QAT must read them
     the same way, on the real student architecture (mn04 slimmed)."""
-    from compression.pipeline import _example
+    from compression.tasks.noise.chain import _example
     from compression.recipe import load_recipe
-    from compression.students import BUILDERS
-    from compression.teachers.mn04 import MN
+    from compression.tasks.noise.students import BUILDERS
+    from compression.tasks.noise.mn04 import MN
     from test_compress_pipeline import REPO
 
     recipe = load_recipe(REPO / "compression" / "recipes" / "noise.yaml")

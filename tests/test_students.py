@@ -1,4 +1,4 @@
-"""Students built from the fine-tuned teacher (compression/students/slim.py)."""
+"""Students built from the fine-tuned teacher (compression/tasks/noise/students/slim.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from compression import prune
-from compression.pipeline import _example, prune_stage
+from compression.tasks.noise.chain import _example, prune_stage
 from compression.recipe import load_recipe
-from compression.students import BUILDERS
-from compression.teachers.mn04 import MN
+from compression.tasks.noise.students import BUILDERS
+from compression.tasks.noise.mn04 import MN
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_RECIPE = REPO / "compression" / "recipes" / "noise.yaml"

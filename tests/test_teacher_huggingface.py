@@ -25,8 +25,8 @@ import torch
 
 from agent.backends.contract import load_contract
 from agent.cli import main
-from compression.datasets import urbansound
-from compression.teachers import huggingface as hf
+from compression.tasks.noise import urbansound
+from compression.tasks.noise import huggingface as hf
 
 from test_compress_pipeline import REPO
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from compression.teachers.mn04 import MN, CHECKPOINT_SHA256, load_pretrained, make_divisible
+from compression.tasks.noise.mn04 import MN, CHECKPOINT_SHA256, load_pretrained, make_divisible
 from compression.manifest import sha256_file
 
 GOLDEN_ATOL = {"fmaps": 1e-4, "embedding": 1e-4, "logits": 1e-3}  # SPEC section 9

@@ -68,8 +68,8 @@ def test_report_has_zero_shot_and_fine_tuned_numbers(smoke_teacher):
 def test_cached_logits_are_the_checkpoints_own(smoke_teacher, data_dir):
     """The distillation cache must be what the saved weights produce on the same features."""
     from agent.features.audio import TEACHER_LOGMEL, log_mel
-    from compression.datasets.urbansound import load_clip
-    from compression.teachers.noise import load_checkpoint
+    from compression.tasks.noise.urbansound import load_clip
+    from compression.tasks.noise.teacher import load_checkpoint
 
     model, cfg = load_checkpoint(smoke_teacher / "teacher.pt")
     cache = np.load(smoke_teacher / "teacher_logits.npz")
@@ -94,7 +94,7 @@ def test_onnx_export_scores_like_the_checkpoint(smoke_teacher, flat_clips, tmp_p
     from agent.features.audio import TEACHER_LOGMEL
     from compression.export import export_onnx, read_contract
     from compression.manifest import write_manifest
-    from compression.teachers.noise import load_checkpoint
+    from compression.tasks.noise.teacher import load_checkpoint
 
     model, cfg = load_checkpoint(smoke_teacher / "teacher.pt")
     contract = {"task": "noise", "labels": cfg["labels"], "frontend": cfg["frontend"],

@@ -78,7 +78,7 @@ def test_onnx_export_matches_pytorch_on_real_crops(smoke, data_dir):
 
     from agent.backends.onnx import OnnxBackend
     from agent.features.image import ImageParams
-    from compression.datasets import vehicles
+    from compression.tasks.vehicles import dataset as vehicles
 
     items = vehicles.load_split(smoke["split"], vehicles.find_root(data_dir)).val[::50]
     x, _, _, _ = vehicles.load_images(items, ImageParams(), progress=False)
@@ -120,8 +120,9 @@ def test_gate_trips_and_still_writes_the_report(smoke, data_dir, tmp_path, capsy
     cached teacher and distilled student (same recipe, data and teacher) are reused, not retrained."""
     work = tmp_path / "work"
     work.mkdir()
-    for name in ("teacher.pt", "student.pt"):
+    for name in ("teacher.pt", "student.pt"):  # each with its lineage record: the record is the cache key
         shutil.copy2(smoke["work"] / name, work / name)
+        shutil.copy2(smoke["work"] / f"{name}.lineage.json", work / f"{name}.lineage.json")
     before = [(work / name).stat().st_mtime_ns for name in ("teacher.pt", "student.pt")]
     rc = _compress(data_dir, tmp_path / "out", work, smoke["split"],
                    **{"prune.enabled": "false", "quantise.enabled": "false", "budget.max_params": 1000,

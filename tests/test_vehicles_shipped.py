@@ -18,7 +18,7 @@ from agent.features.image import decode_image
 from agent.payloads import ImageFrame
 from agent.tasks import load_model
 from agent.tasks.vehicles import VehiclesTask, VehiclesTaskConfig
-from compression.datasets import vehicles
+from compression.tasks.vehicles import dataset as vehicles
 from compression.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,8 @@ def held_out(data_dir, manifest) -> list:
 
 
 def test_shipped_model_scores_what_its_report_says_on_the_held_out_split(manifest, held_out, data_dir):
-    from compression.evaluate import evaluate_vehicles, load_scorer
+    from compression.evaluate import load_scorer
+    from compression.tasks.vehicles.evaluate import evaluate_vehicles
 
     report = json.loads((SHIPPED / "report.json").read_text())
     scored = report["stages"][report["shipped"]["cpu"]]

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compression import gate, pipeline
+    from compression import pipeline
+    from compression.chain import gate
 
     overrides = dict(parse_set(kv) for kv in args.set or [])
     try:

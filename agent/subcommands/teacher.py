@@ -12,10 +12,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     teacher = sub.add_parser("teacher", help="teacher models (needs the train extra: torch)")
     tsub = teacher.add_subparsers(dest="teacher_command", required=True)
     train = tsub.add_parser("train", help="fine-tune a teacher and write checkpoint, manifest, report")
-    train.add_argument("--task", choices=["noise"], required=True)
+    train.add_argument("--task", required=True, help="a compression task that trains its own teacher "
+                                                     "(compression.tasks; checked when the command runs)")
     train.add_argument("--data", help="data directory (default: $ROADSIDE_DATA or ../shared/data)")
     train.add_argument("--out", required=True, help="output folder")
-    train.add_argument("--recipe", help="recipe YAML (default compression/recipes/noise_teacher.yaml)")
+    train.add_argument("--recipe", help="teacher recipe YAML (default: the task's own)")
     train.add_argument("--epochs", type=int, help="override the recipe's epochs")
     train.add_argument("--max-clips", type=int, help="use only N clips per split (smoke runs)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -24,12 +25,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compression.teachers import noise
+    import sys
 
+    from compression.tasks import get, tasks
+
+    trainers = sorted(n for n, t in tasks().items() if t.teacher_train)
+    try:
+        train = get(args.task).load("teacher_train")
+    except (KeyError, ValueError):
+        print(f"roadside: teacher train: --task {args.task!r}: no teacher trainer (tasks with one: {trainers})",
+              file=sys.stderr)
+        return 2
     overrides = {k: v for k, v in {"epochs": args.epochs, "max_clips": args.max_clips}.items() if v is not None}
-    report = noise.run(args.data, Path(args.out), Path(args.recipe) if args.recipe else None,
-                       device=args.device, **overrides)
-    ft, zs = report["fine_tuned"], report["zero_shot"]
-    print(f"noise teacher on {report['val_fold']}: accuracy {ft['accuracy']:.4f}, macro-F1 {ft['macro_f1']:.4f} "
-          f"(zero-shot {zs['accuracy']:.4f}); fine-tuning {report['seconds']['fine_tune']} s; wrote {args.out}")
+    print(train(args.data, Path(args.out), Path(args.recipe) if args.recipe else None, device=args.device,
+                **overrides))
     return 0

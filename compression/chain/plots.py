@@ -1,4 +1,4 @@
-"""Reports people look at: a JSON of the numbers with PNG plots beside it."""
+"""The plots every chain's report carries beside its JSON."""
 
 from __future__ import annotations
 
@@ -90,21 +90,14 @@ def plot_accuracy_latency(stages: dict[str, dict], path: Path, title: str,
     return path
 
 
-def ship_models(out: Path, cpu_model: Path, trt_model: Path | None, cpu_precision: str,
-                contract: dict) -> tuple[list[Path], dict]:
-    """Copy the CPU model to ``out/model.onnx`` and, when one passed the gate, the INT8 model for
-    TensorRT to ``out/model_trt.onnx``, each with the whole feature contract in its ONNX metadata
-    (whatever the intermediate files carried); returns the files and the manifest's ``targets``."""
-    from .export import stamp_contract
-
-    model_path = stamp_contract(cpu_model, contract, out / "model.onnx")
-    files = [model_path]
-    targets = {"onnxruntime": {"file": "model.onnx", "precision": cpu_precision},
-               "tensorrt": {"file": "model.onnx", "precision": "int8" if cpu_precision == "int8" else "fp16"}}
-    stale = out / "model_trt.onnx"
-    if trt_model is not None:
-        files.append(stamp_contract(trt_model, contract, stale))
-        targets["tensorrt"] = {"file": "model_trt.onnx", "precision": "int8"}
-    elif stale.exists():
-        stale.unlink()  # an INT8 model from an earlier run must not linger beside this one
-    return files, targets
+def classification_plots(out: Path, labels: Sequence[str], name: str, held_out: str,
+                         xlabel: str = "ms per second of audio (front-end + model, 1 thread)"):
+    """The plots of a classification chain's report: the shipped stage's confusion matrix and every
+    stage's accuracy against latency; ``plots(stage records, shipped stage) -> files``."""
+    def plots(results: dict[str, dict], shipped: str) -> list[Path]:
+        s = results[shipped]
+        return [plot_confusion(s["confusion"], labels, out / "confusion.png",
+                               f"{name} ({shipped}), {held_out}: accuracy {s['accuracy']:.3f}"),
+                plot_accuracy_latency(results, out / "accuracy_latency.png", name, xlabel=xlabel,
+                                      ylabel=f"accuracy, {held_out} (%)")]
+    return plots

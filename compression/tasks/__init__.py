@@ -28,6 +28,9 @@ class CompressionTask:
     data_root: str  # "module:function": a data root, the task's folder or its files -> the folder to read
     checkpoint: str | None = None  # "module:function": a .pt path -> (model, config) for ``roadside eval``
     checkpoint_folds: str | None = None  # "module:function": a .pt path -> the folds it trained on, or None
+    # "module:function": (data, out, recipe_path, device=..., **overrides) -> a one-line summary;
+    # what ``roadside teacher train --task NAME`` runs
+    teacher_train: str | None = None
 
     def load(self, which: str) -> Any:
         ref = getattr(self, which)

@@ -26,22 +26,26 @@ import torch
 
 from agent.features.detector import DetectorParams, forget_profile, profile_columns
 
-from .. import gate
-from ..datasets import traffic
-from ..export import export_onnx
-from ..manifest import sha256_file
-from ..students.congestion import DetectorMLP, n_params
-from ..teachers.congestion import SpeedGRU, load_checkpoint, save_checkpoint
-from . import congestion_train as train
-from .congestion_eval import (EvalSet, Windows, bootstrap_vs_persistence, build_eval_set, onnx_predict, predict_all,
-                              training_windows)
-from .congestion_recipe import CongestionRecipe
-from .congestion_report import write_artefacts
-from .congestion_stages import gate_failures, per_window_latency, target_results
-from .congestion_warning import warning_report
+from compression.chain import lineage
+from compression.chain.gate import raise_if_failed
+from compression.chain.stages import Stages
+from compression.chain.tail import Tail, finish
+from compression.chain.targets import ONNXRUNTIME, Target
+from compression.datasets.datadir import REPO_ROOT as REPO
+from compression.export import export_onnx
+from compression.manifest import sha256_file
+from compression.tasks.congestion import traffic
+from compression.tasks.congestion import train as train
+from compression.tasks.congestion.evaluate import (EvalSet, Windows, bootstrap_vs_persistence, build_eval_set,
+                                                   onnx_predict, predict_all, training_windows)
+from compression.tasks.congestion.recipe import CongestionRecipe
+from compression.tasks.congestion.report import write_artefacts
+from compression.tasks.congestion.stages import gate_failures, parity_failures, per_window_latency, target_results
+from compression.tasks.congestion.student import DetectorMLP, n_params
+from compression.tasks.congestion.teacher import SpeedGRU, load_checkpoint, save_checkpoint
+from compression.tasks.congestion.warning import warning_report
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
 OUTPUTS = ("logits", "speed")
 
 
@@ -94,38 +98,76 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
                 "name": recipe.name, "version": recipe.version, "outputs": list(OUTPUTS)}
 
     stages, history, teacher_path, parity = float_stages(recipe, params, ds, contract, history_now, work)
-    shipped, int8_note, calib = int8_stage(recipe, params, ds, stages, baselines, history_now, work)
-
-    failures = gate_failures(recipe, stages["teacher"], stages[shipped], baselines["persistence"], parity)
-    targets = targets_with_bootstrap(recipe, es, stages[shipped], baselines)
-    warnings = warning_report(recipe, es, stages[shipped]["_logits"])
+    calib = np.sort(np.random.default_rng(recipe.seed).permutation(len(ds.train))[:recipe.data.calibration_windows])
+    tail = CongestionTail(recipe, stages, contract, work, ds.train.X[calib])
+    tail.setup(ds.eval, baselines["persistence"], params, history_now)
+    outcome = finish(tail, work / "student_fp32.onnx", parity)  # INT8 where it pays, the gate
+    shipped = stages.results[outcome.shipped["onnxruntime"]]
+    targets = targets_with_bootstrap(recipe, es, shipped, baselines)
+    warnings = warning_report(recipe, es, shipped["_logits"])
     log.info("warnings at P >= %g%s: %s", recipe.warning.threshold, " or congested now" if recipe.warning.congested_now
              else "", {k: round(v, 3) for k, v in warnings["at_operating_point"].items()})
-    report = write_artefacts(
-        recipe=recipe, recipe_path=recipe_path, out=out, ds=ds, stages=stages, baselines=baselines, warnings=warnings,
-        shipped=shipped, model_file=work / ("student_int8.onnx" if shipped == "student_int8" else "student_fp32.onnx"),
-        contract=contract, failures=failures, targets=targets, parity=parity, history=history, int8_note=int8_note,
-        calibration=calib, teacher_path=teacher_path, seconds=time.time() - t_start)
-    if failures:
-        raise gate.GateFailed("the compressed model did not pass the gate:\n  " + "\n  ".join(failures))
+    report = write_artefacts(tail, outcome, recipe_path=recipe_path, out=out, ds=ds, baselines=baselines,
+                             warnings=warnings, targets=targets, parity=parity, history=history,
+                             calibration=calib if recipe.quantise.enabled else calib[:0], teacher_path=teacher_path,
+                             seconds=time.time() - t_start)
+    raise_if_failed(outcome.failures)
     return report
 
 
+class CongestionTail(Tail):
+    """INT8 (CPU only: TensorRT builds from model.onnx) where it is measured faster, interleaved with FP32,
+    and passes the gate; every stage is scored on the held-out detectors beside persistence."""
+
+    fp32_stage = "student"
+    targets = (ONNXRUNTIME,)
+
+    def setup(self, es: EvalSet, persistence: dict, params: DetectorParams, history_now: np.ndarray) -> None:
+        self.es, self.persistence, self.params, self.history_now = es, persistence, params, history_now
+
+    def int8_stage(self, target: Target) -> str:
+        return f"{self.fp32_stage}_int8"
+
+    def score_int8(self, name: str, path: Path) -> dict:
+        entry = self.stages.add(name, _score(self.es, onnx_predict(_session(path)),
+                                             self.stages.results[self.fp32_stage]["params"], path, self.params,
+                                             self.history_now))
+        entry["state_agreement_with_fp32"] = float(
+            (entry["_logits"].argmax(1) == self.stages.results[self.fp32_stage]["_logits"].argmax(1)).mean())
+        return entry
+
+    def speeds(self, fp32: Path, int8_stage: str, int8: Path) -> tuple[float, float, str]:
+        lat = per_window_latency({self.fp32_stage: fp32, int8_stage: int8}, self.params, self.history_now)
+        for name, v in lat.items():
+            self.stages.results[name]["latency"] = v
+        return lat[self.fp32_stage]["model_ms"], lat[int8_stage]["model_ms"], self.stages.unit
+
+    def check(self, teacher: dict, shipped: dict) -> list[str]:
+        return gate_failures(self.recipe, teacher, shipped, self.persistence)
+
+    def parity_failures(self, parity: dict) -> list[str]:
+        return parity_failures(self.recipe, parity)
+
+    def accept(self, target: Target, stage: str, path: Path) -> tuple[bool, str]:
+        reasons = self.check(self.stages.results["teacher"], self.stages.results[stage])
+        return not reasons, "; ".join(reasons) or "passes the gate"
+
+
 def float_stages(recipe: CongestionRecipe, params: DetectorParams, ds: Data, contract: dict, history_now,
-                 work: Path) -> tuple[dict[str, dict], list, Path, dict]:
+                 work: Path) -> tuple[Stages, list, Path, dict]:
     """Teacher and student in FP32, exported and scored: (stages, training history, teacher checkpoint, parity)."""
     es = ds.eval
     tensors = train.Tensors(ds.train, train.future_speeds(ds.table, ds.train, recipe.teacher.forecast_steps,
                                                           ds.eval_start),
                             profile_columns(params), recipe.data.profile_dropout, recipe.seed)
     example = torch.from_numpy(es.windows.X[:1])
-    stages: dict[str, dict] = {}
+    stages = Stages("per window")
 
     # 1. teacher: pretrained on speed forecasting, fine-tuned for the states
     teacher, teacher_path, history, t_offsets = teacher_stage(recipe, params, ds, tensors, work)
     teacher_onnx = export_onnx(teacher, example, work / "teacher.onnx", contract, output_names=OUTPUTS)
-    stages["teacher"] = _score(es, train.torch_predict(teacher), n_params(teacher), teacher_onnx, params,
-                               history_now, offsets=t_offsets)
+    stages.add("teacher", _score(es, train.torch_predict(teacher), n_params(teacher), teacher_onnx, params,
+                                 history_now, offsets=t_offsets))
 
     # 2. student, distilled from the teacher's cached outputs on the training windows
     student, h, s_offsets = student_stage(recipe, params, teacher, tensors)
@@ -133,31 +175,9 @@ def float_stages(recipe: CongestionRecipe, params: DetectorParams, ds: Data, con
     torch.save(student.state_dict(), work / "student.pt")
     fp32 = export_onnx(student, example, work / "student_fp32.onnx", contract, output_names=OUTPUTS)
     parity = onnx_parity(student, fp32, es.windows.X[:recipe.data.parity_windows])
-    stages["student"] = _score(es, onnx_predict(_session(fp32)), n_params(student), fp32, params, history_now,
-                               offsets=s_offsets)
+    stages.add("student", _score(es, onnx_predict(_session(fp32)), n_params(student), fp32, params, history_now,
+                                 offsets=s_offsets))
     return stages, history, teacher_path, parity
-
-
-def int8_stage(recipe: CongestionRecipe, params: DetectorParams, ds: Data, stages: dict[str, dict], baselines: dict,
-               history_now, work: Path) -> tuple[str, str, np.ndarray]:
-    """3. INT8, calibrated on a recorded draw of training windows; shipped only where it pays.
-
-    Adds ``student_int8`` to ``stages``; returns (the stage to ship, why, the calibration window indices)."""
-    if not recipe.quantise.enabled:
-        return "student", "quantise.enabled is false", np.zeros(0, np.int64)
-    from ..quantise import quantise
-
-    calib = np.sort(np.random.default_rng(recipe.seed).permutation(len(ds.train))[:recipe.data.calibration_windows])
-    percentile, keep_float = recipe.quantise.flavour("cpu")
-    fp32 = work / "student_fp32.onnx"
-    int8 = quantise(fp32, work / "student_int8.onnx", ds.train.X[calib], "cpu", recipe.quantise.calibrate_method,
-                    percentile, keep_float=keep_float)
-    stages["student_int8"] = _score(ds.eval, onnx_predict(_session(int8)), stages["student"]["params"], int8, params,
-                                    history_now)
-    stages["student_int8"]["state_agreement_with_fp32"] = float(
-        (stages["student_int8"]["_logits"].argmax(1) == stages["student"]["_logits"].argmax(1)).mean())
-    shipped, int8_note = choose_cpu_model(recipe, stages, baselines, params, history_now, fp32, int8)
-    return shipped, int8_note, calib
 
 
 def targets_with_bootstrap(recipe: CongestionRecipe, es: EvalSet, shipped: dict, baselines: dict) -> dict:
@@ -188,13 +208,23 @@ def teacher_stage(recipe: CongestionRecipe, params: DetectorParams, ds: Data, d:
         if wrong:
             raise ValueError(f"teacher.checkpoint {path}: trained with other {wrong} than this recipe and data")
         return model, path, list(meta.get("history", [])), np.asarray(meta.get("offsets", [0, 0, 0]), np.float32)
+    path = work / "teacher.pt"
+    settings = {"teacher": cfg.model_dump(exclude={"checkpoint"}), "loss": recipe.loss.model_dump(),
+                "seed": recipe.seed, "threads": recipe.threads, "profile_dropout": recipe.data.profile_dropout}
+    if lineage.reusable(path, "teacher", settings, trained_on):  # trained here before on exactly this data
+        model, meta = load_checkpoint(path)
+        d.load_state_dict(meta["data_state"])
+        return model, path, list(meta["history"]), np.asarray(meta["offsets"], np.float32)
+    t_start = time.time()
     torch.manual_seed(recipe.seed)
     model = SpeedGRU(params, cfg.hidden, cfg.layers, cfg.forecast_steps)
     w = recipe.loss.speed_weight
     history = train.fit(model, train.pretrain_loss, d, cfg.pretrain, w, recipe.seed, "teacher-pretrain")
     history += train.fit(model, train.finetune_loss, d, cfg.finetune, w, recipe.seed, "teacher-finetune")
     offsets = _tune(model, recipe, ds.train.X, ds.train.y_state)
-    path = save_checkpoint(model, work / "teacher.pt", {**trained_on, "offsets": offsets.tolist(), "history": history})
+    save_checkpoint(model, path, {**trained_on, "offsets": offsets.tolist(), "history": history,
+                                  "data_state": d.state_dict()})
+    lineage.write(path, "teacher", settings, trained_on, history[-1] if history else {}, time.time() - t_start)
     return model, path, history, offsets
 
 
@@ -220,20 +250,6 @@ def _tune(model, recipe: CongestionRecipe, x: np.ndarray, y: np.ndarray) -> np.n
     log.info("%s: logit offsets %s (training macro-F1 %.4f)", type(model).__name__, offsets.tolist(), f1)
     model.shift_logits(torch.from_numpy(offsets))
     return offsets
-
-
-def choose_cpu_model(recipe, stages, baselines, params, history_now, fp32: Path, int8: Path) -> tuple[str, str]:
-    """INT8 only when measured faster than FP32 here (interleaved rounds) and within the gate."""
-    lat = per_window_latency({"student": fp32, "student_int8": int8}, params, history_now)
-    for name, v in lat.items():
-        stages[name]["latency"] = v
-    f, q = lat["student"]["model_ms"], lat["student_int8"]["model_ms"]
-    if q >= f:
-        return "student", f"INT8 is not faster on this CPU ({q * 1e3:.1f} us vs FP32 {f * 1e3:.1f} us per window)"
-    reasons = gate_failures(recipe, stages["teacher"], stages["student_int8"], baselines["persistence"], None)
-    if reasons:
-        return "student", "INT8 is faster but fails the gate: " + "; ".join(reasons)
-    return "student_int8", f"INT8 is faster ({q * 1e3:.1f} us vs FP32 {f * 1e3:.1f} us per window) and passes the gate"
 
 
 def _session(path: Path):

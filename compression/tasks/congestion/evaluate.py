@@ -20,9 +20,9 @@ import numpy as np
 from agent.features.detector import STATES, DetectorParams, forget_profile, speed_state
 from agent.features.warning import WarningPoint
 
-from ..datasets import traffic
-from .congestion_metrics import detector_bootstrap, forecast_metrics, rmse_bootstrap, state_grid
-from .congestion_warning import at_operating_point
+from compression.tasks.congestion import traffic
+from compression.tasks.congestion.metrics import detector_bootstrap, forecast_metrics, rmse_bootstrap, state_grid
+from compression.tasks.congestion.warning import at_operating_point
 
 # (B, n_features) float32 -> (logits (B, 3), speed in mph (B,) or None for a model without a speed head)
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]

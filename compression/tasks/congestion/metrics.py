@@ -28,7 +28,7 @@ import numpy as np
 
 from agent.features.detector import CONGESTED, SECONDS_PER_DAY, speed_state
 
-from ..metrics import classification_report
+from compression.metrics import classification_report
 
 
 def state_grid(speeds: np.ndarray, params) -> np.ndarray:

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from agent.features.detector import DetectorParams
 from agent.schema import StrictModel
 
-from ..recipe_base import BudgetBase, PositiveInts, RecipeBase, TrainBase, with_defaults
+from compression.recipe_base import BudgetBase, PositiveInts, RecipeBase, TrainBase, with_defaults
 
 
 class DataSection(StrictModel):

@@ -8,69 +8,53 @@ import numpy as np
 
 from agent.features.detector import CONGESTED
 
-from ..export import stamp_contract
-from ..manifest import sha256_file, sha256_json, write_manifest
-from ..report import _pyplot, plot_confusion, write_json
-from .congestion_warning import plot_warning_curves
+from compression.chain import artefacts
+from compression.manifest import sha256_file, sha256_json
+from compression.chain.plots import _pyplot, plot_confusion
+from compression.tasks.congestion.warning import plot_warning_curves
 
 LICENCE = "Los-loop speeds (T-GCN release, a subset of METR-LA): licence not stated by the source; research and testing"
 
 
-def write_artefacts(*, recipe, recipe_path, out: Path, ds, stages: dict, baselines: dict, warnings: dict, shipped: str,
-                    model_file: Path, contract: dict, failures: list[str], targets: dict, parity: dict,
-                    history: list, int8_note: str, calibration: np.ndarray, teacher_path: Path,
-                    seconds: float) -> dict:
-    results = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in stages.items()}
-    model_path = stamp_contract(model_file, contract, out / "model.onnx")  # INT8 files lose the metadata
-    precision = "int8" if shipped == "student_int8" else "fp32"
-    deploy = {"onnxruntime": {"file": "model.onnx", "precision": precision},
-              "tensorrt": {"file": "model.onnx", "precision": "int8" if precision == "int8" else "fp16"}}
+def write_artefacts(tail, outcome, *, recipe_path, out: Path, ds, baselines: dict, warnings: dict, targets: dict,
+                    parity: dict, history: list, calibration: np.ndarray, teacher_path: Path, seconds: float) -> dict:
+    """The shared shipped folder (compression.chain.artefacts) with the baselines, the warnings and the
+    evaluation set beside the stages."""
+    recipe = tail.recipe
     split = ds.split.to_dict()
     evaluation = {**ds.eval.describe(), "eval_days": recipe.data.eval_days, "split_seed": split["seed"],
                   "split_sha256": split["sha256"], "val_fraction": split["val_fraction"],
                   "train_detectors": split["train"], "val_detectors": split["val"]}
     calib_ids = [[int(ds.train.det[i]), int(ds.train.t[i])] for i in calibration]  # (column, row) of each window
-    report = {
-        "task": recipe.task, "name": recipe.name, "version": recipe.version,
-        "gate": {"passed": not failures, "failures": failures, **recipe.gate.model_dump()},
-        "issue_targets": targets,
-        "shipped": {"cpu": shipped, "precision": precision, "int8_decision": int8_note},
-        "targets": deploy,
-        "stages": results, "baselines": baselines, "warnings": warnings, "evaluation": evaluation,
-        "onnx_parity": parity,
-        "history": history, "seconds": round(seconds, 1),
-        "calibration_windows": {"n": len(calib_ids), "sha256": sha256_json(calib_ids)},
-        "data": {"file": ds.speed_file.name, "sha256": sha256_file(ds.speed_file),
-                 "training_windows": len(ds.train), "training_rows_before": ds.eval_start},
-        "licence": LICENCE,
-    }
-    files = [model_path, write_json(report, out / "report.json")]
-    s = results[shipped]
-    files.append(plot_confusion(s["confusion"], contract["labels"], out / "confusion.png",
-                                f"{recipe.name} ({shipped}), held-out detectors: macro-F1 {s['macro_f1']:.3f}"))
-    files.append(plot_vs_baselines({"shipped": s, "teacher": results["teacher"], **baselines},
-                                   out / "metrics_vs_baselines.png", f"{recipe.name}: held-out detectors, last "
-                                                                      f"{recipe.data.eval_days} day(s)"))
-    files.append(plot_example(ds, stages[shipped], out / "forecast_example.png"))
-    files.append(plot_warning_curves(warnings, out / "warning_curves.png",
-                                     f"{recipe.name}: congestion warnings on the held-out detectors"))
-    write_manifest(
-        out, stage="compress", files=files,
+
+    def plots(results: dict, shipped: str) -> list[Path]:
+        s = results[shipped]
+        return [plot_confusion(s["confusion"], tail.contract["labels"], out / "confusion.png",
+                               f"{recipe.name} ({shipped}), held-out detectors: macro-F1 {s['macro_f1']:.3f}"),
+                plot_vs_baselines({"shipped": s, "teacher": results["teacher"], **baselines},
+                                  out / "metrics_vs_baselines.png", f"{recipe.name}: held-out detectors, last "
+                                                                     f"{recipe.data.eval_days} day(s)"),
+                plot_example(ds, tail.stages.results[shipped], out / "forecast_example.png"),
+                plot_warning_curves(warnings, out / "warning_curves.png",
+                                    f"{recipe.name}: congestion warnings on the held-out detectors")]
+
+    return artefacts.write_artefacts(
+        tail, outcome, out, parity=parity, history=history, seconds=seconds, licence=LICENCE, plots=plots,
         inputs={"speed_file": ds.speed_file.name, "speed_file_sha256": sha256_file(ds.speed_file),
                 "teacher": teacher_path.name, "teacher_sha256": sha256_file(teacher_path),
                 "recipe_file": Path(recipe_path).name if recipe_path else None},
-        recipe=recipe.model_dump(),
         data_lists={"train_detectors": sha256_json(split["train"]), "val_detectors": sha256_json(split["val"]),
                     "calibration_windows": sha256_json(calib_ids)},
-        extra={**contract, "window_seconds": float(ds.eval.params.history_steps * ds.eval.params.step_s),
-               "targets": deploy, "evaluation": evaluation, "params": s["params"],
-               "warning": warnings["operating_point"],  # the agent's congestion rule warns at this point
-               "size_bytes": model_path.stat().st_size,
-               "metrics": {k: _headline(v) for k, v in results.items()},
-               "baselines": {k: _headline(v) for k, v in baselines.items()},
-               "gate_passed": not failures},
-    )
-    return report
+        report_extra={"issue_targets": targets, "baselines": baselines, "warnings": warnings,
+                      "evaluation": evaluation,
+                      "calibration_windows": {"n": len(calib_ids), "sha256": sha256_json(calib_ids)},
+                      "data": {"file": ds.speed_file.name, "sha256": sha256_file(ds.speed_file),
+                               "training_windows": len(ds.train), "training_rows_before": ds.eval_start}},
+        manifest_extra={"window_seconds": float(ds.eval.params.history_steps * ds.eval.params.step_s),
+                        "evaluation": evaluation,
+                        "warning": warnings["operating_point"],  # the agent's congestion rule warns at this point
+                        "baselines": {k: _headline(v) for k, v in baselines.items()}},
+        metrics=_headline)
 
 
 def _headline(m: dict) -> dict:

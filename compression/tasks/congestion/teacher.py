@@ -21,7 +21,7 @@ from torch import nn
 
 from agent.features.detector import DetectorParams
 
-from ..students.congestion import SPEED_CHANGE_MPH
+from compression.tasks.congestion.student import SPEED_CHANGE_MPH
 
 CHECKPOINT_FORMAT = "roadside-congestion-teacher-1"
 

@@ -15,10 +15,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..schedule import optimise, warmup_cosine
-from .congestion_eval import Windows
-from .congestion_metrics import macro_f1_of
-from .congestion_recipe import DistilSection, TrainSection
+from compression.distillation import distillation_loss
+from compression.schedule import optimise, warmup_cosine
+from compression.tasks.congestion.evaluate import Windows
+from compression.tasks.congestion.metrics import macro_f1_of
+from compression.tasks.congestion.recipe import DistilSection, TrainSection
 
 SPEED_UNIT_MPH = 5.0
 
@@ -41,6 +42,14 @@ class Tensors:
         self.profile = profile if profile is not None and profile.start < profile.stop else None
         self.profile_dropout = profile_dropout if self.profile is not None else 0.0
         self._gen = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        """Where the profile-dropout draws stand: a reused teacher (``compression.chain.lineage``) restores
+        it, so the student sees the draws it would after training the teacher."""
+        return {"generator": self._gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._gen.set_state(state["generator"])
 
     def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's vectors and which of them had their profile dropped."""
@@ -96,9 +105,7 @@ def distil_loss(cfg: DistilSection, soft: tuple[torch.Tensor, torch.Tensor],
         if soft_without_profile is not None and dropped.any():
             soft_logits = torch.where(dropped[:, None], soft_without_profile[0][idx], soft_logits)
             soft_speed = torch.where(dropped, soft_without_profile[1][idx], soft_speed)
-        kd = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(soft_logits / T, 1), log_target=True,
-                      reduction="batchmean") * T * T
-        states = a * kd + (1 - a) * F.cross_entropy(logits, d.y_state[idx])
+        states = distillation_loss(logits, soft_logits, F.cross_entropy(logits, d.y_state[idx]), T, a)
         speeds = a * speed_loss(speed, soft_speed) + (1 - a) * speed_loss(speed, d.y_speed[idx])
         return states + speed_weight * speeds
 

@@ -17,8 +17,8 @@ import numpy as np
 from agent.features.detector import CONGESTED
 from agent.features.warning import WarningPoint, warning_score
 
-from ..report import _pyplot
-from .congestion_metrics import choose_warning_point, warning_curve
+from compression.chain.plots import _pyplot
+from compression.tasks.congestion.metrics import choose_warning_point, warning_curve
 
 LABELS = ["free", "slowed", "congested"]
 

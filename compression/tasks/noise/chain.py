@@ -11,87 +11,42 @@ report.json, confusion.png, accuracy_latency.png. Intermediate checkpoints go to
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from agent.features.audio import LogMelParams, log_mel
 
-from . import gate, prune
-from .datasets import urbansound
-from .devices import resolve_device
-from .distil import Distiller
-from .evaluate import Scorer, evaluate_noise, torch_scorer
-from .export import export_onnx
-from .latency import per_second_of_audio
-from .manifest import sha256_file, write_manifest
-from .metrics import top1_agreement, top1_confidence
-from .recipe import CompressionRecipe, load_recipe
-from .report import plot_accuracy_latency, plot_confusion, ship_models, write_json
-from .students import BUILDERS
-from .teachers import noise as noise_teacher
-from .teachers.noise import load_checkpoint
+from compression import prune
+from compression.chain import artefacts, lineage
+from compression.chain.gate import accuracy_and_params, check_parity, raise_if_failed
+from compression.chain.plots import classification_plots
+from compression.chain.stages import Stages
+from compression.chain.tail import Outcome, Tail, finish
+from compression.chain.targets import TENSORRT, Target
+from compression.datasets.datadir import REPO_ROOT as REPO
+from compression.devices import resolve_device
+from compression.evaluate import Scorer, torch_scorer
+from compression.export import export_onnx
+from compression.latency import per_second_of_audio
+from compression.manifest import sha256_file, sha256_json
+from compression.tasks.noise import teacher as noise_teacher
+from compression.tasks.noise import urbansound
+from compression.tasks.noise.distil import Distiller
+from compression.tasks.noise.evaluate import evaluate_noise
+from compression.tasks.noise.recipe import CompressionRecipe
+from compression.tasks.noise.students import BUILDERS
+from compression.tasks.noise.teacher import load_checkpoint
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
 SOURCE_RATE = 16000  # the clips' and the microphones' rate
 TUNING_CLIPS = 256   # training-fold clips (not the calibration ones) that choose each target's precision
-METRIC_KEYS = ("accuracy", "macro_f1", "latency", "params", "agreement", "confidence")
-
-
-class Stages:
-    """Collects each stage's measured numbers, in order (the first stage scored is the teacher)."""
-
-    def __init__(self, val_clips: list, root: Path, labels: list[str], window_seconds: float, wave: np.ndarray,
-                 tune_clips: list | None = None):
-        self.val_clips, self.root, self.labels = val_clips, root, labels
-        self.window_seconds, self.wave = window_seconds, wave  # one real window for latency
-        self.tune_clips = tune_clips or []
-        self.results: dict[str, dict] = {}
-        self.tuning: dict[str, float] = {}  # stage -> accuracy on the tuning clips
-
-    def score(self, name: str, scorer: Scorer, onnx_path: Path | None, params: int, macs: int) -> dict:
-        metrics = evaluate_noise(scorer, self.root, clips=self.val_clips)
-        entry = {k: metrics[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion", "top3_accuracy")}
-        entry.update(params=params, macs_per_second=macs / self.window_seconds, frontend=scorer.frontend)
-        if onnx_path is not None:
-            entry["latency"] = per_second_of_audio(onnx_path, scorer.frontend, self.wave, SOURCE_RATE)
-            entry["onnx_bytes"] = onnx_path.stat().st_size
-            entry["int8_weight_bytes"] = int8_weight_bytes(onnx_path)
-        logits = metrics["logits"]
-        # the rollout controller's default shadow gates: top-1 agreement with the teacher, mean top-1 probability
-        teacher = self.results.get("teacher", {}).get("_logits", logits)
-        entry["agreement"] = top1_agreement(logits, teacher)
-        entry["confidence"] = top1_confidence(logits)
-        entry["_logits"] = logits
-        self.results[name] = entry
-        log.info("%s: accuracy %.4f, macro-F1 %.4f, agreement %.4f, %d params, %.2f M MACs/s%s", name,
-                 entry["accuracy"], entry["macro_f1"], entry["agreement"], params, entry["macs_per_second"] / 1e6,
-                 f", {entry['latency']['total_ms']:.3f} ms per s of audio" if onnx_path else "")
-        return entry
-
-    def tune(self, name: str, scorer: Scorer) -> float:
-        """Accuracy of a stage on the tuning clips (training folds): what chooses precisions, never the gate's fold."""
-        if name not in self.tuning:
-            self.tuning[name] = float(evaluate_noise(scorer, self.root, clips=self.tune_clips)["accuracy"])
-            log.info("%s on the %d tuning clips: accuracy %.4f", name, len(self.tune_clips), self.tuning[name])
-        return self.tuning[name]
-
-    def agreement(self, a: str, b: str) -> float:
-        """Share of clips on which stages ``a`` and ``b`` give the same top-1 class."""
-        return top1_agreement(self.results[a]["_logits"], self.results[b]["_logits"])
-
-
-def int8_weight_bytes(path: Path) -> int:
-    model = onnx.load(str(path))
-    return sum(int(np.prod(t.dims)) for t in model.graph.initializer
-               if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) > 1)
+LICENCE = "trained on UrbanSound8K (CC BY-NC 3.0): non-commercial use only"
+KEEP = ("n", "accuracy", "macro_f1", "per_class", "confusion", "top3_accuracy")
 
 
 def _features(waves: np.ndarray, frontend: dict) -> np.ndarray:
@@ -129,23 +84,6 @@ def _training_folds(train: list, teacher_path: Path | None) -> list[str]:
     return sorted({c.fold for c in train} | set(teacher or []))
 
 
-# task -> "module:function(recipe, recipe_path, data, out, work[, device]) -> report" of its chain
-def run(recipe_path: Path, data=None, out: Path | None = None, work: Path | None = None, *,
-        device: str = "auto", **overrides) -> dict:
-    """``roadside compress``: the recipe's chain for its task. Raises GateFailed when the result must not ship.
-    ``device`` (auto | cpu | cuda[:N]) is where training runs; a chain that does not take it trains on the CPU."""
-    from .tasks import get
-
-    recipe = load_recipe(recipe_path, **overrides)
-    dev = resolve_device(device)
-    chain = get(recipe.task).load("chain")  # each task's chain, from compression.tasks
-    if "device" in inspect.signature(chain).parameters:
-        return chain(recipe, recipe_path, data, out, work, device=dev)
-    if dev.type != "cpu":
-        log.warning("the %s chain trains on the CPU only: device %s is not used", recipe.task, dev)
-    return chain(recipe, recipe_path, data, out, work)
-
-
 def run_noise(recipe: CompressionRecipe, recipe_path: Path, data=None, out: Path | None = None,
               work: Path | None = None, device: str | torch.device = "auto") -> dict:
     """The recipe's teacher (a checkpoint or a Hugging Face model folder) through the noise chain."""
@@ -162,7 +100,7 @@ def _run_huggingface(recipe: CompressionRecipe, recipe_path: Path, data=None, ou
                      work: Path | None = None, device: str | torch.device = "auto") -> dict:
     """A Hugging Face model folder as the teacher: its extractor as our log-mel, its outputs in the
     data's label order; how faithfully our front-end feeds it is measured against optimum's export."""
-    from .teachers import huggingface
+    from compression.tasks.noise import huggingface
 
     path = Path(recipe.teacher.huggingface)
     path = path if path.is_absolute() else REPO / path
@@ -194,6 +132,8 @@ class Run:
     device: torch.device
     stages: Stages = None
     calib_clips: list = field(default_factory=list)
+    tune_clips: list = field(default_factory=list)  # training-fold clips that choose each target's precision
+    teacher_identity: dict = field(default_factory=dict)  # the manifest's inputs: which teacher
     calib: np.ndarray | None = None  # student log-mel of the calibration clips
     history: list = field(default_factory=list)
 
@@ -236,10 +176,15 @@ def _setup(teacher_frontend: dict, labels: list[str], recipe: CompressionRecipe,
     run.calib = _features(waves[sorted(order[:recipe.data.calibration_clips])], run.sfe)
     # the clips after the calibration ones in the same seeded order: training folds, so fold 2 never chooses
     tune = [train[i] for i in sorted(order[recipe.data.calibration_clips:][:TUNING_CLIPS])]
-    run.stages = Stages(val, root, labels, run.window, waves[0], tune or run.calib_clips)
+    run.tune_clips = tune or run.calib_clips
+    run.stages = Stages(
+        "per s of audio", evaluate=lambda s: evaluate_noise(s, root, clips=val), keep=KEEP,
+        cost=lambda macs: {"macs_per_second": macs / run.window},
+        latency=lambda path, fe: per_second_of_audio(path, fe, waves[0], SOURCE_RATE),
+        tuning=lambda s: evaluate_noise(s, root, clips=run.tune_clips))
     log.info("training on %s (%d clips), held out %s (%d clips); %d tuning clips from the training folds; "
              "device %s", ", ".join(sorted({c.fold for c in train})), len(train), recipe.data.val_fold, len(val),
-             len(run.stages.tune_clips), run.device)
+             len(run.tune_clips), run.device)
     return run
 
 
@@ -259,18 +204,66 @@ def compress(teacher: torch.nn.Module, teacher_frontend: dict, labels: list[str]
     t_start = time.time()
     teacher = teacher.eval()
     run = _setup(teacher_frontend, labels, recipe, data, out, work, device)
+    run.teacher_identity = _teacher_identity(teacher, teacher_path, teacher_inputs)
     _teacher_stage(run, teacher)                                   # 1. the reference
     student, distiller = _distil_stage(run, teacher)               # 2. distilled on the teacher's views
     fp32_onnx, prune_log, parity = _prune_and_export(run, student, distiller)  # 3. pruned, KD fine-tuned
-    chosen = quantise_stage(run, student, fp32_onnx, distiller)    # 4. INT8 per target, where it pays
-    engine = build_engine_stage(recipe, chosen["tensorrt"] or chosen["cpu"], run.work)  # 5. TensorRT
-    failures = gate_stage(run, chosen, fp32_onnx, parity)          # 6. the gate, on what ships
-    report = write_artefacts(run, recipe_path, chosen, failures, engine, parity, prune_log, teacher,
-                             teacher_path, time.time() - t_start, distiller.teacher_calls,
-                             teacher_inputs, report_extra or {})
-    if failures:
-        raise gate.GateFailed("the compressed model did not pass the gate:\n  " + "\n  ".join(failures))
+    tail = NoiseTail(run, student, distiller)
+    outcome = finish(tail, fp32_onnx, parity)  # 4-6. INT8 per target where it pays, TensorRT engine, gate
+    report = write_artefacts(run, tail, outcome, recipe_path, parity, prune_log, teacher_path,
+                             time.time() - t_start, distiller.teacher_calls, report_extra or {})
+    raise_if_failed(outcome.failures)
     return report
+
+
+def check(recipe: CompressionRecipe, teacher: dict, shipped: dict) -> list[str]:
+    """The gate's reasons against one shipped noise model (empty when it passes)."""
+    failures = accuracy_and_params(recipe, teacher, shipped)
+    if shipped["macs_per_second"] > recipe.budget.max_macs_per_second:
+        failures.append(f"{shipped['macs_per_second'] / 1e6:.2f} M MACs per second of audio > "
+                        f"budget.max_macs_per_second {recipe.budget.max_macs_per_second / 1e6:.2f} M")
+    return failures
+
+
+class NoiseTail(Tail):
+    """INT8 pays for a target where it keeps the FP32 model's accuracy on the tuning clips (training
+    folds, never the gate's fold); TensorRT's INT8 gets quantisation-aware training when post-training
+    INT8 does not keep it."""
+
+    def __init__(self, run: Run, student: torch.nn.Module, distiller: Distiller):
+        super().__init__(run.recipe, run.stages, run.contract, run.work, run.calib)
+        self.run, self.student, self.distiller = run, student, distiller
+
+    def onnx_scorer(self, path: Path) -> Scorer:
+        return _onnx_scorer(path, self.contract)
+
+    def check(self, teacher: dict, shipped: dict) -> list[str]:
+        return check(self.recipe, teacher, shipped)
+
+    def parity_failures(self, parity: dict) -> list[str]:
+        return check_parity(self.recipe, parity)
+
+    def tuning_loss(self, stage: str, path: Path) -> float:
+        """Accuracy points ``stage`` loses against the FP32 model on the tuning clips."""
+        return 100 * (self.stages.tuned[self.fp32_stage] - self.stages.tune(stage, self.onnx_scorer(path)))
+
+    def accept(self, target: Target, stage: str, path: Path) -> tuple[bool, str]:
+        lost = self.tuning_loss(stage, path)
+        n, max_drop = len(self.run.tune_clips), self.recipe.gate.max_drop
+        if lost <= max_drop:
+            return True, f"{lost:+.2f} points against FP32 on the {n} tuning clips (gate.max_drop {max_drop})"
+        return False, f"loses {lost:.2f} points against FP32 on the {n} tuning clips (gate.max_drop {max_drop})"
+
+    def retry(self, target: Target) -> tuple[str, Path] | None:
+        """Quantisation-aware training for TensorRT (it wins back accuracy, not parameters or MACs)."""
+        if target is not TENSORRT or not self.recipe.quantise.qat_epochs:
+            return None
+        run = self.run
+        path, history = qat_stage(self.student, self.recipe, run.example(), run.calib, self.distiller, run.work,
+                                  run.contract)
+        run.history += history
+        self.score_int8("int8_tensorrt_qat", path)
+        return "int8_tensorrt_qat", path
 
 
 def _teacher_stage(run: Run, teacher: torch.nn.Module) -> None:
@@ -290,8 +283,12 @@ def _distil_stage(run: Run, teacher: torch.nn.Module) -> tuple[torch.nn.Module, 
     y = np.array([c.label for c in run.train])
     distiller = Distiller(teacher, LogMelParams.from_dict(run.teacher_frontend), LogMelParams.from_dict(run.sfe),
                           run.waves, y, len(run.labels), SOURCE_RATE, recipe.distil, recipe.seed, device=run.device)
-    run.history += distiller.run(student, recipe.distil.epochs, recipe.distil.lr, "distil")
-    torch.save(student.state_dict(), run.work / "student.pt")
+    config = {"student": recipe.student.model_dump(), "distil": recipe.distil.model_dump(), "seed": recipe.seed,
+              "threads": recipe.threads, "teacher_frontend": run.teacher_frontend, "device": run.device.type}
+    inputs = {"teacher": sha256_json(run.teacher_identity), "train": urbansound.data_list_sha256(run.train, run.root)}
+    run.history += lineage.train_or_reuse(
+        run.work / "student.pt", "distil", config, inputs, student,
+        lambda: distiller.run(student, recipe.distil.epochs, recipe.distil.lr, "distil"), companions=(distiller,))
     path = run.export(student, "student.onnx")
     macs, params = prune.count(student, example)
     run.stages.score("student", torch_scorer(student, recipe.task, run.labels, run.sfe, run.window), path,
@@ -307,7 +304,9 @@ def _prune_and_export(run: Run, student: torch.nn.Module, distiller: Distiller) 
         params = prune.count(student, example)[1]
         prune_log, history = prune_stage(student, recipe, example, run.calib, distiller, params)
         run.history += history
-        torch.save(student, run.work / "pruned.pt")
+        torch.save(student, run.work / "pruned.pt")  # no reuse: pruning changes the architecture
+        lineage.write(run.work / "pruned.pt", "prune", recipe.prune.model_dump(),
+                      {"student": sha256_file(run.work / "student.pt")}, history[-1] if history else {})
     fp32_onnx = run.export(student, "pruned_fp32.onnx")
     macs, params = prune.count(student, example)
     scorer = torch_scorer(student, recipe.task, run.labels, run.sfe, run.window)
@@ -317,107 +316,10 @@ def _prune_and_export(run: Run, student: torch.nn.Module, distiller: Distiller) 
     return fp32_onnx, prune_log, parity
 
 
-def quantise_stage(run: Run, student: torch.nn.Module, fp32_onnx: Path, distiller: Distiller) -> dict:
-    """INT8 in two flavours, calibrated on a recorded list of training clips, scored like every stage. Each
-    target gets INT8 only where it pays, chosen on the tuning clips (training folds) and never on the gate's
-    fold: the CPU when INT8 is measured faster and loses at most ``gate.max_drop`` points against FP32 there;
-    TensorRT when it keeps that accuracy (quantisation-aware training when post-training INT8 does not),
-    else an FP16 engine from the FP32 model. Returns the files chosen, their stage names and why."""
-    chosen = {"cpu": fp32_onnx, "cpu_stage": "pruned", "tensorrt": None, "tensorrt_stage": None,
-              "tensorrt_rejected": [], "why": {}}
-    if not run.recipe.quantise.enabled:
-        chosen["why"] = {"onnxruntime": "FP32: quantise.enabled is false",
-                         "tensorrt": "FP16 engine from the FP32 model: quantise.enabled is false"}
-        return chosen
-    paths = {flavour: _int8(run, fp32_onnx, flavour) for flavour in ("cpu", "tensorrt")}
-    _choose_cpu(run, chosen, paths["cpu"])
-    _choose_tensorrt(run, chosen, paths["tensorrt"], student, distiller)
-    return chosen
-
-
-def _int8(run: Run, fp32_onnx: Path, flavour: str) -> Path:
-    """Post-training INT8 of one flavour (uint8 activations for the CPU, symmetric int8 for TensorRT)."""
-    from .quantise import quantise
-
-    q = run.recipe.quantise
-    percentile, keep_float = q.flavour(flavour)
-    path = quantise(fp32_onnx, run.work / f"int8_{flavour}.onnx", run.calib, flavour, q.calibrate_method,
-                    percentile, keep_float=keep_float)
-    fp32 = run.stages.results["pruned"]
-    entry = run.stages.score(f"int8_{flavour}", _onnx_scorer(path, run.contract), path, fp32["params"],
-                             fp32["macs_per_second"] * run.window)
-    entry["top1_agreement_with_fp32"] = run.stages.agreement(f"int8_{flavour}", "pruned")
-    return path
-
-
-def _tuning_loss(run: Run, name: str, path: Path) -> float:
-    """Accuracy points stage ``name`` loses against the FP32 model on the tuning clips."""
-    return 100 * (run.stages.tuning["pruned"] - run.stages.tune(name, _onnx_scorer(path, run.contract)))
-
-
-def _choose_cpu(run: Run, chosen: dict, path: Path) -> None:
-    int8, fp32 = run.stages.results["int8_cpu"]["latency"], run.stages.results["pruned"]["latency"]
-    if int8["model_ms"] >= fp32["model_ms"]:
-        chosen["why"]["onnxruntime"] = (f"FP32: INT8 is not faster on this CPU (INT8 {int8['model_ms']:.3f} ms, "
-                                        f"FP32 {fp32['model_ms']:.3f} ms per s of audio, model only)")
-        log.info("INT8 is not faster than FP32 on this CPU: shipping FP32 for onnxruntime")
-        return
-    lost, max_drop = _tuning_loss(run, "int8_cpu", path), run.recipe.gate.max_drop
-    if lost > max_drop:
-        chosen["why"]["onnxruntime"] = (f"FP32: INT8 is faster but loses {lost:.2f} points against FP32 on the "
-                                        f"tuning clips (gate.max_drop {max_drop})")
-        return
-    chosen.update(cpu=path, cpu_stage="int8_cpu")
-    chosen["why"]["onnxruntime"] = (f"INT8: {fp32['model_ms'] / int8['model_ms']:.2f}x faster than FP32 on this CPU "
-                                    f"(model only), {lost:+.2f} points lost against FP32 on the tuning clips")
-
-
-def _choose_tensorrt(run: Run, chosen: dict, path: Path, student: torch.nn.Module, distiller: Distiller) -> None:
-    """Post-training INT8 for TensorRT, else quantisation-aware training (it wins back accuracy, not
-    parameters or MACs), else nothing: TensorRT then builds an FP16 engine from the FP32 model."""
-    recipe, max_drop, n = run.recipe, run.recipe.gate.max_drop, len(run.stages.tune_clips)
-    for name in ("int8_tensorrt", "int8_tensorrt_qat"):
-        if name == "int8_tensorrt_qat":
-            if not recipe.quantise.qat_epochs:
-                break
-            log.warning("post-training INT8 for TensorRT loses too much on the tuning clips (%s): "
-                        "quantisation-aware training", chosen["tensorrt_rejected"][-1])
-            path, history = qat_stage(student, recipe, run.example(), run.calib, distiller, run.work, run.contract)
-            run.history += history
-            fp32 = run.stages.results["pruned"]
-            entry = run.stages.score(name, _onnx_scorer(path, run.contract), path, fp32["params"],
-                                     fp32["macs_per_second"] * run.window)
-            entry["top1_agreement_with_fp32"] = run.stages.agreement(name, "pruned")
-        lost = _tuning_loss(run, name, path)
-        if lost <= max_drop:
-            chosen.update(tensorrt=path, tensorrt_stage=name)
-            chosen["why"]["tensorrt"] = (f"INT8 ({name}): {lost:+.2f} points against FP32 on the {n} tuning clips "
-                                         f"(gate.max_drop {max_drop})")
-            return
-        chosen["tensorrt_rejected"].append(f"{name}: loses {lost:.2f} points against FP32 on the {n} tuning "
-                                           f"clips (gate.max_drop {max_drop})")
-    log.warning("INT8 for TensorRT loses too much (%s): TensorRT gets the FP32 model (FP16 engine)",
-                "; ".join(chosen["tensorrt_rejected"]))
-    chosen["why"]["tensorrt"] = "FP16 engine from the FP32 model: " + "; ".join(chosen["tensorrt_rejected"])
-
-
-def gate_stage(run: Run, chosen: dict, fp32_onnx: Path, parity: dict) -> list[str]:
-    """Reasons to refuse the run, on the gate's fold: the model each target gets against the teacher and the
-    budget (the CPU model and TensorRT's), and the ONNX export's parity with PyTorch."""
-    cpu_name = chosen["cpu_stage"]
-    trt_name = chosen["tensorrt_stage"] if chosen["tensorrt"] is not None else cpu_name
-    chosen["tensorrt_name"] = trt_name
-    teacher = run.stages.results["teacher"]
-    failures = [f"{target} model ({name}): {reason}"
-                for target, name in dict.fromkeys((("CPU", cpu_name), ("TensorRT", trt_name)))
-                for reason in gate.check(run.recipe, teacher, run.stages.results[name])]
-    return failures + gate.check_parity(run.recipe, parity)
-
-
 def prune_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib: np.ndarray,
                 distiller: Distiller, params: int) -> tuple[list[dict], list[dict]]:
     """Prune in ``prune.steps`` steps (to the plan, or to ``prune.target_params``), KD fine-tuning after each."""
-    from .students.slim import SlimTeacher
+    from compression.tasks.noise.students.slim import SlimTeacher
 
     cfg, log_steps, history = recipe.prune, [], []
     if cfg.method == "reconstruct" and not isinstance(student, SlimTeacher):
@@ -430,7 +332,7 @@ def prune_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib
     for k, target in enumerate(targets):
         before = prune.count(student, example)
         if cfg.method == "reconstruct":
-            from . import reconstruct
+            from compression.tasks.noise import reconstruct
 
             if planned:
                 widths = widths or reconstruct.widths(student)
@@ -456,7 +358,7 @@ def qat_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib: 
     """A fake-quantised copy of the student, KD fine-tuned, exported with Q/DQ pairs for TensorRT."""
     import copy
 
-    from . import qat
+    from compression import qat
 
     qstudent = copy.deepcopy(student)
     percentile, keep_float = recipe.quantise.flavour("tensorrt")
@@ -491,22 +393,7 @@ def onnx_parity(model: torch.nn.Module, onnx_path: Path, clips: list, frontend: 
             "relative": diff / max(scale, 1e-12)}
 
 
-def build_engine_stage(recipe: CompressionRecipe, trt_onnx: Path, work: Path) -> dict:
-    if not recipe.engine.enabled:
-        return {"status": "disabled"}
-    from agent.backends import BackendUnavailable
-    from agent.backends.tensorrt import build_engine
-
-    try:
-        path = build_engine(trt_onnx, work / "engines", fp16=recipe.engine.fp16, dla_core=recipe.engine.dla_core,
-                            workspace_mb=recipe.engine.workspace_mb)
-    except BackendUnavailable as e:
-        return {"status": f"skipped: {e}"}
-    return {"status": "built", "engine": path.name, "bytes": path.stat().st_size}
-
-
-def _inputs(teacher: torch.nn.Module, teacher_path: Path | None, recipe_path: Path | None,
-            teacher_inputs: dict | None = None) -> dict:
+def _teacher_identity(teacher: torch.nn.Module, teacher_path: Path | None, teacher_inputs: dict | None) -> dict:
     """The teacher's identity: as given, its file's sha256, or for an in-memory teacher a hash of its weights."""
     if teacher_inputs is not None:
         ident = teacher_inputs
@@ -520,62 +407,26 @@ def _inputs(teacher: torch.nn.Module, teacher_path: Path | None, recipe_path: Pa
             h.update(name.encode())
             h.update(t.detach().cpu().numpy().tobytes())
         ident = {"teacher": type(teacher).__name__, "teacher_state_sha256": h.hexdigest()}
-    return {**ident, "recipe_file": Path(recipe_path).name if recipe_path else None}
+    return ident
 
 
-def write_artefacts(run: Run, recipe_path, chosen, failures, engine, parity, prune_log, teacher, teacher_path,
-                    seconds, teacher_calls, teacher_inputs, report_extra) -> dict:
-    """The shipped folder: the models each target gets, report.json, the plots and the manifest."""
-    recipe, stages = run.recipe, run.stages
-    results = {k: {kk: vv for kk, vv in v.items() if kk != "_logits"} for k, v in stages.results.items()}
-    shipped_name = chosen["cpu_stage"]
-    shipped = results[shipped_name]
-    files, targets = ship_models(run.out, chosen["cpu"], chosen["tensorrt"],
-                                 "int8" if shipped_name.startswith("int8") else "fp32", run.contract)
-    for target, why in chosen["why"].items():
-        targets[target]["why"] = why
-    report = {
-        "task": recipe.task, "name": recipe.name, "version": recipe.version,
-        "gate": {"passed": not failures, "failures": failures, "max_drop": recipe.gate.max_drop},
-        "shipped": {"cpu": shipped_name, "tensorrt": chosen["tensorrt_name"]},
-        "targets": targets,
-        "int8_tensorrt_rejected": chosen["tensorrt_rejected"],
-        "tuning": {"clips": len(stages.tune_clips), "folds": sorted({c.fold for c in stages.tune_clips}),
-                   "accuracy": stages.tuning,
-                   "why": "training-fold clips (not the calibration ones): they choose each target's precision; "
-                          f"{recipe.data.val_fold} only scores and gates"},
-        "stages": results, "onnx_parity": parity, "engine": engine, "prune_steps": prune_log,
-        "history": run.history, "seconds": round(seconds, 1), "teacher_forward_clips": teacher_calls,
-        "device": str(run.device),
-        "calibration_clips": [c.path.relative_to(run.root).as_posix() for c in run.calib_clips],
-        "licence": "trained on UrbanSound8K (CC BY-NC 3.0): non-commercial use only",
-        **report_extra,
-    }
-    files.append(write_json(report, run.out / "report.json"))
-    files.append(plot_confusion(shipped["confusion"], run.labels, run.out / "confusion.png",
-                                f"{recipe.name} ({shipped_name}), {recipe.data.val_fold}: "
-                                f"accuracy {shipped['accuracy']:.3f}"))
-    files.append(plot_accuracy_latency(results, run.out / "accuracy_latency.png", recipe.name))
-    _write_manifest(run, files, targets, results, shipped, failures, teacher, teacher_path, recipe_path,
-                    teacher_inputs)
-    return report
-
-
-def _write_manifest(run: Run, files, targets, results, shipped, failures, teacher, teacher_path, recipe_path,
-                    teacher_inputs) -> Path:
-    """Lineage: inputs, recipe, the data lists' hashes, the folds trained on, each stage's metrics."""
-    root = run.root
-    return write_manifest(
-        run.out, stage="compress", files=files,
-        inputs=_inputs(teacher, teacher_path, recipe_path, teacher_inputs),
-        recipe=run.recipe.model_dump(),
-        data_lists={"train": urbansound.data_list_sha256(run.train, root),
-                    "val": urbansound.data_list_sha256(run.val, root),
-                    "calibration": urbansound.data_list_sha256(run.calib_clips, root),
-                    "tuning": urbansound.data_list_sha256(run.stages.tune_clips, root)},
-        extra={**run.contract, "training_folds": _training_folds(run.train, teacher_path),
-               "targets": targets, "params": shipped["params"], "macs_per_second": shipped["macs_per_second"],
-               "size_bytes": Path(files[0]).stat().st_size,
-               "metrics": {k: {m: v.get(m) for m in METRIC_KEYS} for k, v in results.items()},
-               "gate_passed": not failures},
-    )
+def write_artefacts(run: Run, tail: NoiseTail, outcome: Outcome, recipe_path, parity, prune_log, teacher_path,
+                    seconds, teacher_calls, report_extra) -> dict:
+    """The shipped folder (compression.chain.artefacts) with what only the noise chain records."""
+    recipe, root, stages = run.recipe, run.root, run.stages
+    shipped = stages.results[outcome.choices["onnxruntime"].stage]
+    lists = {"train": run.train, "val": run.val, "calibration": run.calib_clips, "tuning": run.tune_clips}
+    return artefacts.write_artefacts(
+        tail, outcome, run.out, parity=parity, history=run.history, seconds=seconds,
+        inputs={**run.teacher_identity, "recipe_file": Path(recipe_path).name if recipe_path else None},
+        data_lists={k: urbansound.data_list_sha256(v, root) for k, v in lists.items()}, licence=LICENCE,
+        plots=classification_plots(run.out, run.labels, recipe.name, recipe.data.val_fold),
+        report_extra={
+            "tuning": {"clips": len(run.tune_clips), "folds": sorted({c.fold for c in run.tune_clips}),
+                       "accuracy": stages.tuned,
+                       "why": "training-fold clips (not the calibration ones): they choose each target's "
+                              f"precision; {recipe.data.val_fold} only scores and gates"},
+            "prune_steps": prune_log, "teacher_forward_clips": teacher_calls, "device": str(run.device),
+            "calibration_clips": [c.path.relative_to(root).as_posix() for c in run.calib_clips], **report_extra},
+        manifest_extra={"training_folds": _training_folds(run.train, teacher_path),
+                        "macs_per_second": shipped["macs_per_second"]})

@@ -22,8 +22,9 @@ from tqdm import tqdm
 from agent.features.audio import LogMelParams, band_centres_hz, frame_centres_s, log_mel
 from agent.features.resample import resample
 
-from .recipe import DistilSection
-from .schedule import optimise, warmup_cosine
+from compression.tasks.noise.recipe import DistilSection
+from compression.distillation import distillation_loss
+from compression.schedule import optimise, warmup_cosine
 
 
 def first_output(out) -> torch.Tensor:
@@ -110,7 +111,7 @@ class Distiller:
     def __init__(self, teacher: nn.Module, teacher_fe: LogMelParams, student_fe: LogMelParams,
                  waves: np.ndarray, labels: np.ndarray, n_classes: int, sample_rate: int,
                  cfg: DistilSection, seed: int, device: str | torch.device = "cpu"):
-        from .devices import resolve_device
+        from compression.devices import resolve_device
 
         self.teacher = teacher.eval()
         self.device = resolve_device(device)  # training only: views, seeds and the cache stay on the CPU
@@ -120,6 +121,15 @@ class Distiller:
         self.cache: dict[tuple[int, int], torch.Tensor] = {}
         self.epochs_done = 0  # picks the view number, so later runs reuse cached views
         self.teacher_calls = 0
+
+    def state_dict(self) -> dict:
+        """What a reused stage restores (``compression.chain.lineage``): the teacher's outputs so far and
+        how many epochs ran (which picks the next epoch's views)."""
+        return {"cache": self.cache, "epochs_done": self.epochs_done, "teacher_calls": self.teacher_calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cache = dict(state["cache"])
+        self.epochs_done, self.teacher_calls = state["epochs_done"], state["teacher_calls"]
 
     def teacher_logits(self, keys: list[tuple[int, int]], views: list[View]) -> torch.Tensor:
         missing = [k for k, key in enumerate(keys) if key not in self.cache]
@@ -175,9 +185,6 @@ class Distiller:
         return history
 
     def loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, mixup labels)."""
-        t = self.cfg.temperature
-        soft = torch.softmax(teacher_logits / t, dim=1)
-        kd = torch.nn.functional.kl_div(torch.log_softmax(logits / t, 1), soft, reduction="batchmean") * t * t
+        """The shared KD loss, its hard term the cross-entropy against the mixup labels."""
         ce = torch.sum(-y * torch.log_softmax(logits, 1), 1).mean()
-        return self.cfg.alpha * kd + (1 - self.cfg.alpha) * ce
+        return distillation_loss(logits, teacher_logits, ce, self.cfg.temperature, self.cfg.alpha)

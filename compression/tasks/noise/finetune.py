@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..schedule import warmup_cosine
-from .mn04 import MN
-from .recipe import AugmentSection, TeacherRecipe
+from compression.schedule import warmup_cosine
+from compression.tasks.noise.mn04 import MN
+from compression.tasks.noise.teacher_recipe import AugmentSection, TeacherRecipe
 
 # UrbanSound8K class -> AudioSet output indices (SPEC section 6, fixed before any result).
 US8K_AUDIOSET_MAP: list[list[int]] = [
@@ -138,7 +138,7 @@ def train(model: MN, x_train: torch.Tensor, y_train: torch.Tensor, recipe: Teach
     ``evaluate`` scores a model on the validation fold after every epoch, for the
     curve in the report; the schedule is fixed, so no epoch is picked by it.
     """
-    from ..devices import resolve_device
+    from compression.devices import resolve_device
 
     dev = resolve_device(device)
     model.to(dev)

@@ -2,7 +2,7 @@
 
 The folder is what ``save_pretrained`` writes (config.json, weights, preprocessor_config.json);
 it is read with ``local_files_only``: nothing is fetched from a hub. Three things make it a
-teacher for ``compression.pipeline.compress``:
+teacher for ``compression.tasks.noise.chain.compress``:
 
 - its feature extractor, expressed as our ``LogMelParams`` so the teacher is scored and
   distilled by the same feature code as every other stage. AST's extractor is Kaldi fbank

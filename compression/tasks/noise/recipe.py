@@ -7,16 +7,15 @@ recipe shares (top level, training, distillation, budget, quantise, engine) is i
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from agent.features.audio import LogMelParams
-from agent.schema import StrictModel, load_yaml
+from agent.schema import StrictModel
 
-from .recipe_base import BudgetBase, DistilBase, EngineSection, RecipeBase, with_defaults
-from .teachers.recipe import AugmentSection
+from compression.recipe_base import BudgetBase, DistilBase, GateBase, PruneBase, RecipeBase, with_defaults
+from compression.tasks.noise.teacher_recipe import AugmentSection
 
 
 class TeacherSection(StrictModel):
@@ -85,8 +84,7 @@ class PrunePlan(StrictModel):
     hidden: float = Field(1.0, gt=0, le=1, description="fraction of the classifier's hidden units kept")
 
 
-class PruneSection(StrictModel):
-    enabled: bool = True
+class PruneSection(PruneBase):
     method: Literal["reconstruct", "magnitude"] = Field(
         "reconstruct", description="reconstruct: keep channels by their contribution on calibration clips and "
                                    "re-fit the next layer by least squares (slim_teacher only); magnitude: L2 "
@@ -95,18 +93,6 @@ class PruneSection(StrictModel):
                                                           "(uniform fractions; not used with a plan)")
     plan: PrunePlan | None = Field(None, description="reconstruct only: per-block fractions, reached in `steps` "
                                                      "geometric steps; the budget gate checks the result")
-    steps: int = Field(3, ge=1, description="prune in this many steps, each followed by KD fine-tuning")
-    epochs_per_step: int = Field(5, ge=0, description="KD epochs after each pruning step")
-    final_epochs: int | None = Field(None, ge=0, description="KD epochs after the last step (default epochs_per_step)")
-    lr: float = Field(5e-4, gt=0, description="peak learning rate of the KD fine-tuning after each step")
-    round_to: int = Field(8, ge=1, description="keep channel counts multiples of this (tensor cores want 8)")
-    max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more of one layer than this")
-
-
-class GateSection(StrictModel):
-    max_drop: float = Field(2.0, ge=0, description="accuracy points the shipped INT8 model may lose against the teacher")
-    max_onnx_logit_diff: float = Field(1e-4, gt=0, description="largest |logit| difference allowed between the "
-                                                              "PyTorch FP32 model and its ONNX export on real clips")
 
 
 class CompressionRecipe(RecipeBase):
@@ -118,41 +104,4 @@ class CompressionRecipe(RecipeBase):
     budget: BudgetSection = BudgetSection()
     distil: DistilSection = DistilSection()
     prune: PruneSection = PruneSection()
-    engine: EngineSection = EngineSection()
-    gate: GateSection = GateSection()
-
-
-def recipe_class(task: Any, source: str) -> type[RecipeBase]:
-    """The recipe schema of ``task`` (compression.tasks)."""
-    from agent.schema import ConfigError
-
-    from .tasks import get
-
-    try:
-        return get(task).load("recipe")
-    except KeyError as e:
-        raise ConfigError(source, [f"task: {e.args[0]}"]) from None
-
-
-def load_recipe(path: Path | str, **overrides: Any) -> RecipeBase:
-    """Load and validate against the schema of the recipe's ``task``; ``overrides`` are dotted
-    keys (``{"distil.epochs": 1}``), validated too."""
-    import yaml
-
-    from agent.schema import validate
-
-    try:
-        task = (yaml.safe_load(Path(path).read_text()) or {}).get("task", "noise")
-    except (OSError, yaml.YAMLError, AttributeError):
-        task = "noise"  # load_yaml below reports the unreadable file or bad YAML with its line
-    recipe = load_yaml(path, recipe_class(task, str(path)))
-    if not overrides:
-        return recipe
-    data = recipe.model_dump()
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return validate(type(recipe), data, f"{path} (with overrides {sorted(overrides)})")
+    gate: GateBase = GateBase()

@@ -29,7 +29,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .teachers.mn04 import ConcurrentSEBlock, InvertedResidual
+from compression.tasks.noise.mn04 import ConcurrentSEBlock, InvertedResidual
 
 log = logging.getLogger(__name__)
 SAMPLES_PER_CLIP = 48  # spatial positions sampled per clip for each block's least squares

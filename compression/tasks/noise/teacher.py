@@ -24,18 +24,18 @@ from tqdm import tqdm
 from agent.features.audio import TEACHER_LOGMEL, log_mel
 from agent.schema import load_yaml
 
-from ..datasets import urbansound
-from ..datasets.datadir import resolve_data_dir
-from ..manifest import sha256_file, write_manifest
-from ..metrics import classification_report
-from ..report import plot_confusion, plot_curves, write_json
-from . import finetune
-from .mn04 import CHECKPOINT_SHA256, MN, load_pretrained
-from .recipe import TeacherRecipe
+from compression.tasks.noise import urbansound
+from compression.datasets.datadir import resolve_data_dir
+from compression.manifest import sha256_file, write_manifest
+from compression.metrics import classification_report
+from compression.chain.plots import plot_confusion, plot_curves, write_json
+from compression.tasks.noise import finetune
+from compression.tasks.noise.mn04 import CHECKPOINT_SHA256, MN, load_pretrained
+from compression.tasks.noise.teacher_recipe import TeacherRecipe
 
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 4.0
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "noise_teacher.yaml"
+DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "noise_teacher.yaml"
 CHECKPOINT_FORMAT = "roadside-teacher/1"
 
 
@@ -97,7 +97,7 @@ def split_clips(root: Path, val_fold: str) -> tuple[list, list]:
 def run(data: str | Path | None, out: Path, recipe_path: Path | None = None, *, device: str = "auto",
         **overrides) -> dict:
     """Fine-tune (on ``device``: auto | cpu | cuda[:N]), evaluate and write the teacher folder; returns the report."""
-    from ..devices import resolve_device
+    from compression.devices import resolve_device
 
     recipe = _load_recipe(recipe_path, overrides)
     dev = resolve_device(device)
@@ -199,3 +199,12 @@ def _write_folder(out: Path, model: MN, recipe: TeacherRecipe, report: dict, us_
                "params": sum(p.numel() for p in model.parameters()),
                "metrics": {"accuracy": final["accuracy"], "macro_f1": final["macro_f1"]}},
     )
+
+
+def train_summary(data: str | Path | None, out: Path, recipe_path: Path | None = None, *, device: str = "auto",
+                  **overrides) -> str:
+    """``roadside teacher train --task noise``: ``run``, summed up in one line."""
+    report = run(data, out, recipe_path, device=device, **overrides)
+    ft, zs = report["fine_tuned"], report["zero_shot"]
+    return (f"noise teacher on {report['val_fold']}: accuracy {ft['accuracy']:.4f}, macro-F1 {ft['macro_f1']:.4f} "
+            f"(zero-shot {zs['accuracy']:.4f}); fine-tuning {report['seconds']['fine_tune']} s; wrote {out}")

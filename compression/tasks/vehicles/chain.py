@@ -20,22 +20,27 @@ import torch
 
 from agent.features.image import ImageParams
 
-from .. import gate, prune
-from ..datasets import vehicles
-from ..evaluate import Scorer, torch_scorer
-from ..export import export_onnx
-from ..image_augment import Views, decode_all
-from ..image_train import Schedule, TeacherCache, predict, train
-from ..manifest import sha256_file, sha256_json
-from ..pipeline import build_engine_stage
-from ..teachers import vehicles as teachers
-from .vehicles_recipe import VehiclesRecipe
-from .vehicles_report import Stages, check, relative, write_artefacts
+from compression import prune
+from compression.chain import artefacts, lineage
+from compression.chain.gate import check_parity, raise_if_failed
+from compression.chain.plots import classification_plots
+from compression.chain.stages import Stages
+from compression.chain.tail import Tail, finish
+from compression.chain.targets import ONNXRUNTIME, Target
+from compression.datasets.datadir import REPO_ROOT as REPO
+from compression.evaluate import Scorer, torch_scorer
+from compression.export import export_onnx
+from compression.image_augment import Views, decode_all
+from compression.image_train import Schedule, TeacherCache, predict, train
+from compression.manifest import sha256_file, sha256_json
+from compression.tasks.vehicles import dataset as vehicles
+from compression.tasks.vehicles import teacher as teachers
+from compression.tasks.vehicles.evaluate import evaluate_vehicles
+from compression.tasks.vehicles.recipe import VehiclesRecipe
+from compression.tasks.vehicles.report import LICENCE, check, per_image, relative
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
 TASK = "vehicles"
-STUDENT_FORMAT = "roadside-student/1"
 
 
 def _repo_path(p: str) -> Path:
@@ -96,7 +101,11 @@ def run_vehicles(recipe: VehiclesRecipe, recipe_path: Path | None = None, data=N
     sfe, tfe = recipe.student.frontend, teachers.teacher_frontend(recipe)
     s_params, t_params = ImageParams.from_dict(sfe), ImageParams.from_dict(tfe)
     s_example, t_example = (torch.zeros(1, *p.output_shape) for p in (s_params, t_params))
-    stages = Stages(d.val_items, d.root, decode_all([d.val_items[0][0]], [0])[0][0])
+    image = decode_all([d.val_items[0][0]], [0])[0][0]  # one real crop for latency
+    stages = Stages("per crop", evaluate=lambda s: evaluate_vehicles(s, d.root, items=d.val_items),
+                    keep=("n", "accuracy", "macro_f1", "per_class", "confusion", "skipped"),
+                    cost=lambda macs: {"macs_per_image": macs},
+                    latency=lambda path, fe: per_image(path, fe, image))
 
     # 1. teacher: trained on the training split (or reused), the reference every stage is measured against
     t_val, t_val_y, _, _ = vehicles.load_images(d.val_items, t_params, progress=False)
@@ -114,31 +123,51 @@ def run_vehicles(recipe: VehiclesRecipe, recipe_path: Path | None = None, data=N
     stages.score("pruned", _scorer(student, labels, sfe), fp32_onnx, params, macs)
     parity = onnx_parity(student, fp32_onnx, d.val_items[:16], s_params)
 
-    # 4. INT8, two flavours, calibrated on a recorded, seeded draw of training crops
+    # 4-6. the shared tail: INT8 per target where it pays, TensorRT engine, gate
     calib, calib_items = calibration_crops(recipe, d, s_params)
     contract = {"task": TASK, "labels": labels, "frontend": sfe, "window_seconds": 0.0,
                 "name": recipe.name, "version": recipe.version}
-    chosen = quantise_stage(recipe, stages, fp32_onnx, calib, contract, params, macs, work)
-
-    # 5. TensorRT engine, where TensorRT exists
-    engine = build_engine_stage(recipe, chosen["tensorrt"] or chosen["cpu"], work)
-
-    # 6. the gate, on everything that ships: the CPU model and the model for TensorRT
-    shipped_name, failures = gate_failures(recipe, stages, chosen, fp32_onnx, parity)
+    tail = VehiclesTail(recipe, stages, contract, work, calib)
+    outcome = finish(tail, fp32_onnx, parity)
 
     lists = {"split": d.split.sha256, "train": relative(d.train_items, d.root), "val": relative(d.val_items, d.root),
              "calibration": relative(calib_items, d.root)}
-    extra = {"cpu_int8_speedup": chosen.get("cpu_int8_speedup"), "onnx_parity": parity, "engine": engine,
-             "prune_steps": prune_log, "teacher_history": teacher_history, "history": history,
-             "teacher_forward_views": cache.calls, "skipped_train_images": d.skipped,
-             "split_file": str(recipe.data.split_file), "seconds": round(time.time() - t_start, 1)}
-    inputs = {"teacher": teacher_path.name, "teacher_sha256": sha256_file(teacher_path),
-              "split_sha256": d.split.sha256, "recipe_file": Path(recipe_path).name if recipe_path else None}
-    report = write_artefacts(recipe, recipe_path, out, stages, chosen, shipped_name, contract, failures,
-                             extra, lists, inputs)
-    if failures:
-        raise gate.GateFailed("the compressed model did not pass the gate:\n  " + "\n  ".join(failures))
+    report = artefacts.write_artefacts(
+        tail, outcome, out, parity=parity, history=history, seconds=time.time() - t_start, licence=LICENCE,
+        inputs={"teacher": teacher_path.name, "teacher_sha256": sha256_file(teacher_path),
+                "split_sha256": d.split.sha256, "recipe_file": Path(recipe_path).name if recipe_path else None},
+        data_lists={k: v if isinstance(v, str) else sha256_json(v) for k, v in lists.items()},  # split: its own sha
+        plots=classification_plots(out, labels, recipe.name, "validation split", xlabel="ms per crop (front-end + "
+                                                                                         "model, 1 thread)"),
+        report_extra={"prune_steps": prune_log, "teacher_history": teacher_history,
+                      "teacher_forward_views": cache.calls, "skipped_train_images": d.skipped,
+                      "split_file": str(recipe.data.split_file), "calibration_images": lists["calibration"]},
+        manifest_extra={"macs_per_image": stages.results[outcome.shipped["onnxruntime"]]["macs_per_image"]})
+    raise_if_failed(outcome.failures)
     return report
+
+
+class VehiclesTail(Tail):
+    """The CPU takes INT8 wherever it is measured faster; TensorRT's INT8 must pass the gate on the
+    validation split (this chain has no tuning split of its own)."""
+
+    def onnx_scorer(self, path: Path) -> Scorer:
+        from agent.backends.onnx import OnnxBackend
+
+        return Scorer(TASK, self.contract["labels"], self.contract["frontend"], 0.0, OnnxBackend(path, threads=1),
+                      sha256_file(path), "onnx")
+
+    def check(self, teacher: dict, shipped: dict) -> list[str]:
+        return check(self.recipe, teacher, shipped)
+
+    def parity_failures(self, parity: dict) -> list[str]:
+        return check_parity(self.recipe, parity)
+
+    def accept(self, target: Target, stage: str, path: Path) -> tuple[bool, str]:
+        if target is ONNXRUNTIME:
+            return True, "no accuracy bound beyond the gate's"
+        reasons = check(self.recipe, self.stages.results["teacher"], self.stages.results[stage])
+        return not reasons, "; ".join(reasons) or "passes the gate on the validation split"
 
 
 def calibration_crops(recipe: VehiclesRecipe, d: Data, s_params: ImageParams) -> tuple[np.ndarray, list]:
@@ -149,23 +178,12 @@ def calibration_crops(recipe: VehiclesRecipe, d: Data, s_params: ImageParams) ->
     return calib, items
 
 
-def gate_failures(recipe: VehiclesRecipe, stages: Stages, chosen: dict, fp32_onnx: Path,
-                  parity: dict) -> tuple[str, list[str]]:
-    """(the stage shipped for the CPU, the gate's failures for it and for the model TensorRT gets, and parity's)."""
-    shipped_name = "pruned" if chosen["cpu"] == fp32_onnx else "int8_cpu"
-    trt_name = "int8_tensorrt" if chosen["tensorrt"] is not None else shipped_name
-    failures = [f"{target} model ({name}): {reason}"
-                for target, name in dict.fromkeys((("CPU", shipped_name), ("TensorRT", trt_name)))
-                for reason in check(recipe, stages.results["teacher"], stages.results[name])]
-    return shipped_name, failures + gate.check_parity(recipe, parity)
-
-
 def distil_and_prune(recipe: VehiclesRecipe, teacher: torch.nn.Module, teacher_sha256: str, d: Data,
                      s_params: ImageParams, t_params: ImageParams, stages: Stages, work: Path):
     """(pruned student, teacher cache, KD history, prune log); the unpruned student is scored as "student".
 
-    The distilled student is cached in ``work`` under the hash of what made it (student, distil and
-    augmentation settings, seed, teacher file, training crops): re-running with other pruning or
+    The distilled student is cached in ``work`` with its lineage record (student, distil and
+    augmentation settings, seed; teacher file, training crops): re-running with other pruning or
     quantisation settings starts from it instead of distilling again.
     """
     torch.manual_seed(recipe.seed)
@@ -186,13 +204,11 @@ def distil_and_prune(recipe: VehiclesRecipe, teacher: torch.nn.Module, teacher_s
                      first_view=first_view, teacher_input=len(fronts) - 1, on_epoch=curve)
 
     example = torch.zeros(1, *s_params.output_shape)
-    key = sha256_json({"student": recipe.student.model_dump(), "distil": kd.model_dump(), "seed": recipe.seed,
-                       "augment": recipe.augment.model_dump(), "teacher": teacher_sha256, "train": d.train_sha256})
-    history = _cached_student(work / "student.pt", key, student)
-    if history is None:
-        history = distil(kd.epochs, kd.lr, "distil", 0)
-        torch.save({"format": STUDENT_FORMAT, "key": key, "history": history, "state_dict": student.state_dict()},
-                   work / "student.pt")
+    config = {"student": recipe.student.model_dump(), "distil": kd.model_dump(), "seed": recipe.seed,
+              "threads": recipe.threads, "augment": recipe.augment.model_dump()}
+    history = lineage.train_or_reuse(work / "student.pt", "distil", config,
+                                     {"teacher": teacher_sha256, "train": d.train_sha256}, student,
+                                     lambda: distil(kd.epochs, kd.lr, "distil", 0), companions=(cache,))
     macs, params = prune.count(student, example)
     s_onnx = export_onnx(student, example, work / "student.onnx", {"task": TASK})
     stages.score("student", _scorer(student, labels, s_params.to_dict()), s_onnx, params, macs)
@@ -205,61 +221,14 @@ def distil_and_prune(recipe: VehiclesRecipe, teacher: torch.nn.Module, teacher_s
             history += distil(cfg.epochs_per_step, cfg.lr, f"prune{k + 1}", first_view)
             first_view += cfg.epochs_per_step  # fresh views (cached ones once views_per_image is reached)
             prune_log.append({"method": cfg.method, **info, "widths": prune.widths(student)})
-        torch.save(student, work / "pruned.pt")
+        torch.save(student, work / "pruned.pt")  # no reuse: pruning changes the architecture
+        lineage.write(work / "pruned.pt", "prune", cfg.model_dump(), {"student": sha256_file(work / "student.pt")},
+                      history[-1] if history else {})
     return student, cache, history, prune_log
-
-
-def _cached_student(path: Path, key: str, student: torch.nn.Module) -> list[dict] | None:
-    """Load the cached student into ``student`` and return its history, or None when there is none for ``key``."""
-    if not path.is_file():
-        return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != STUDENT_FORMAT or ckpt.get("key") != key:
-        return None
-    student.load_state_dict(ckpt["state_dict"], strict=True)
-    log.info("reusing the distilled student in %s (same recipe, teacher and training crops)", path)
-    return ckpt["history"]
-
-
-def quantise_stage(recipe: VehiclesRecipe, stages: Stages, fp32_onnx: Path, calib: np.ndarray, contract: dict,
-                   params: int, macs: int, work: Path) -> dict:
-    """Score both INT8 flavours; choose per target where INT8 pays (CPU: measured faster; TensorRT: passes the gate)."""
-    chosen: dict = {"cpu": fp32_onnx, "tensorrt": None}
-    if not recipe.quantise.enabled:
-        return chosen
-    from ..quantise import quantise
-
-    for flavour in ("cpu", "tensorrt"):
-        percentile, keep_float = recipe.quantise.flavour(flavour)
-        path = quantise(fp32_onnx, work / f"int8_{flavour}.onnx", calib, flavour,
-                        recipe.quantise.calibrate_method, percentile, keep_float=keep_float)
-        entry = stages.score(f"int8_{flavour}", _onnx_scorer(path, contract), path, params, macs)
-        entry["top1_agreement_with_fp32"] = stages.agreement(f"int8_{flavour}", "pruned")
-        chosen[flavour] = path
-    cpu_int8, fp32 = stages.results["int8_cpu"], stages.results["pruned"]
-    chosen["cpu_int8_speedup"] = fp32["latency"]["model_ms"] / cpu_int8["latency"]["model_ms"]
-    if cpu_int8["latency"]["model_ms"] >= fp32["latency"]["model_ms"]:
-        log.info("INT8 is not faster than FP32 on this CPU (%.3f vs %.3f ms): shipping FP32 for onnxruntime",
-                 cpu_int8["latency"]["model_ms"], fp32["latency"]["model_ms"])
-        chosen["cpu"] = fp32_onnx
-    trt_reasons = check(recipe, stages.results["teacher"], stages.results["int8_tensorrt"])
-    if trt_reasons:
-        log.warning("symmetric INT8 for TensorRT fails the gate (%s): TensorRT gets the FP32 model (FP16 engine)",
-                    "; ".join(trt_reasons))
-        chosen["tensorrt"] = None
-        chosen["tensorrt_rejected"] = trt_reasons
-    return chosen
 
 
 def _scorer(model: torch.nn.Module, labels: list[str], frontend: dict) -> Scorer:
     return torch_scorer(model, TASK, labels, frontend, 0.0)
-
-
-def _onnx_scorer(path: Path, contract: dict) -> Scorer:
-    from agent.backends.onnx import OnnxBackend
-
-    return Scorer(TASK, contract["labels"], contract["frontend"], 0.0, OnnxBackend(path, threads=1),
-                  sha256_file(path), "onnx")
 
 
 def onnx_parity(model: torch.nn.Module, onnx_path: Path, items: list, params: ImageParams) -> dict:

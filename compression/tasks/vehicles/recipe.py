@@ -2,7 +2,7 @@
 
 Strict sections like the noise recipe's (unknown keys are errors naming the dotted key);
 the top level, training, distillation, budget, quantise and engine sections are every
-recipe's (compression/recipe_base.py), the prune and gate sections the noise recipe's,
+recipe's (compression/recipe_base.py), as are the prune and gate sections' common fields,
 narrowed where images differ (per-image compute budget, magnitude pruning only, an accuracy floor).
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.features.image import ImageParams
 from agent.schema import StrictModel
 
-from ..image_augment import ImageAugmentSection
-from ..recipe import GateSection, PruneSection
-from ..recipe_base import BudgetBase, DistilBase, EngineSection, PositiveInts, RecipeBase, TrainBase, with_defaults
+from compression.image_augment import ImageAugmentSection
+from compression.recipe_base import (BudgetBase, DistilBase, GateBase, PositiveInts, PruneBase, RecipeBase, TrainBase,
+                                     with_defaults)
 
 
 def _frontend(v: dict[str, Any]) -> dict[str, Any]:
@@ -73,19 +73,28 @@ class DistilSection(with_defaults(DistilBase, epochs=40, lr=2e-3, weight_decay=0
                                                       "are cached per view and reused")
 
 
-class VehiclesPruneSection(with_defaults(PruneSection, steps=2, epochs_per_step=8, lr=1e-3)):
+class VehiclesPruneSection(with_defaults(PruneBase, steps=2, epochs_per_step=8, lr=1e-3)):
     method: Literal["magnitude"] = Field("magnitude", description="L2 ranking per layer (torch-pruning)")
     target_params: int = Field(280_000, ge=1, description="prune until the model has at most this many parameters")
     protect: list[str] = Field(["stem", "stages.0"], description=(
         "modules whose output channels are kept (the classifier always is): the first, narrow layers hold "
         "few parameters, and rounding their widths to multiples of 8 would take half of them"))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _older_manifests(cls, data: Any) -> Any:
+        # recipes recorded before the prune section had a base of its own carry the noise section's
+        # ``plan: null``; it never meant anything here
+        if isinstance(data, dict) and "plan" in data and data["plan"] is None:
+            data = {k: v for k, v in data.items() if k != "plan"}
+        return data
+
 
 class BudgetSection(with_defaults(BudgetBase, max_params=300_000)):
     max_macs_per_image: float = Field(60e6, gt=0, description="multiply-accumulates per crop")
 
 
-class VehiclesGateSection(GateSection):
+class VehiclesGateSection(GateBase):
     max_drop: float = Field(1.5, ge=0, description="accuracy points the shipped model may lose against the teacher")
     min_accuracy: float | None = Field(None, ge=0, le=100, description="accuracy floor of the shipped model, "
                                                                        "in percent of the validation split")
@@ -102,6 +111,5 @@ class VehiclesRecipe(RecipeBase):
     student: StudentSection
     distil: DistilSection = DistilSection()
     prune: VehiclesPruneSection = VehiclesPruneSection()
-    engine: EngineSection = EngineSection()
     budget: BudgetSection = BudgetSection()
     gate: VehiclesGateSection = VehiclesGateSection()

@@ -1,9 +1,9 @@
 """The vehicles teacher: a ResNet trained from scratch on the training split (no pretrained vision weights here).
 
 Trained inside ``roadside compress --recipe compression/recipes/vehicles.yaml`` and cached
-in the run's work folder: the checkpoint carries the hash of what made it (teacher and
-augmentation settings, front-end, seed, split), so a re-run with the same recipe and
-split reuses it and any change retrains. A checkpoint given in the recipe is reused as
+in the run's work folder: its lineage record (``compression.chain.lineage``) holds the hash of
+what made it (teacher and augmentation settings, front-end, seed, split, training crops), so a
+re-run with the same recipe and split reuses it and any change retrains. A checkpoint given in the recipe is reused as
 is, but only if it was trained on this very split: a teacher that saw validation
 images would flatter every number measured against it.
 """
@@ -11,6 +11,7 @@ images would flatter every number measured against it.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,11 @@ import torch
 
 from agent.features.image import ImageParams
 
-from ..datasets.vehicles import Split
-from ..image_augment import Views
-from ..image_train import Schedule, predict, train
-from ..manifest import sha256_json
-from ..resnet import ResNet
+from compression.tasks.vehicles.dataset import Split
+from compression.image_augment import Views
+from compression.image_train import Schedule, predict, train
+from compression.chain import lineage
+from compression.tasks.vehicles.resnet import ResNet
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "roadside-teacher/1"
@@ -37,20 +38,20 @@ def teacher_frontend(recipe) -> dict:
     return recipe.teacher.frontend or recipe.student.frontend
 
 
-def training_key(recipe, split: Split, train_list_sha256: str) -> str:
-    """Everything that decides the teacher's weights (the training crops used, for smoke runs, included)."""
+def lineage_of(recipe, split: Split, train_list_sha256: str) -> tuple[dict, dict]:
+    """(settings, inputs) that decide the teacher's weights (the training crops used, for smoke runs, included)."""
     t = recipe.teacher.model_dump(exclude={"checkpoint"})
-    return sha256_json({"teacher": t, "augment": recipe.augment.model_dump(), "frontend": teacher_frontend(recipe),
-                        "seed": recipe.seed, "split": split.sha256, "train": train_list_sha256})
+    return ({"teacher": t, "augment": recipe.augment.model_dump(), "frontend": teacher_frontend(recipe),
+             "seed": recipe.seed, "threads": recipe.threads}, {"split": split.sha256, "train": train_list_sha256})
 
 
-def save_checkpoint(model: ResNet, path: Path, recipe, split: Split, history: list[dict], key: str) -> Path:
+def save_checkpoint(model: ResNet, path: Path, recipe, split: Split, history: list[dict]) -> Path:
     t = recipe.teacher
     torch.save({
         "format": CHECKPOINT_FORMAT, "arch": "resnet", "task": "vehicles", "labels": list(split.labels),
         "frontend": teacher_frontend(recipe), "window_seconds": 0.0,
         "net": {"widths": list(t.widths), "blocks": list(t.blocks), "stem": t.stem, "dropout": t.dropout},
-        "split_sha256": split.sha256, "training_key": key, "history": history,
+        "split_sha256": split.sha256, "history": history,
         "state_dict": model.state_dict(),
     }, path)
     return path
@@ -86,15 +87,11 @@ def train_or_load(recipe, split: Split, train_list_sha256: str, images: list[np.
         return model, path, cfg.get("history", [])
 
     path = work / "teacher.pt"
-    key = training_key(recipe, split, train_list_sha256)
-    if path.is_file():
-        try:
-            model, cfg = load_checkpoint(path)
-            if cfg.get("training_key") == key:
-                log.info("reusing the teacher in %s (same recipe and split)", path)
-                return model, path, cfg.get("history", [])
-        except (ValueError, RuntimeError, KeyError) as e:
-            log.warning("ignoring %s (%s): training a new teacher", path, e)
+    config, inputs = lineage_of(recipe, split, train_list_sha256)
+    if lineage.reusable(path, "teacher", config, inputs):
+        model, cfg = load_checkpoint(path)
+        return model, path, cfg.get("history", [])
+    t_start = time.time()
     torch.manual_seed(recipe.seed)
     t = recipe.teacher
     model = build(t, len(split.labels))
@@ -106,5 +103,6 @@ def train_or_load(recipe, split: Split, train_list_sha256: str, images: list[np.
 
     history = train(model, views, Schedule(t.epochs, t.lr, t.weight_decay, t.batch_size), recipe.seed, "teacher",
                     label_smoothing=t.label_smoothing, on_epoch=curve)
-    save_checkpoint(model, path, recipe, split, history, key)
+    save_checkpoint(model, path, recipe, split, history)
+    lineage.write(path, "teacher", config, inputs, history[-1] if history else {}, time.time() - t_start)
     return model.eval(), path, history

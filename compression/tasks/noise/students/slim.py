@@ -20,7 +20,7 @@ from torch import nn
 
 from agent.features.audio import LogMelParams
 
-from ..teachers.mn04 import MN
+from compression.tasks.noise.mn04 import MN
 
 
 class PadBands(nn.Module):
@@ -82,7 +82,7 @@ def silence_value(frontend: dict) -> float:
 def slim_teacher(teacher: nn.Module, n_classes: int, n_mels: int, section=None,
                  teacher_n_mels: int = 128) -> nn.Module:
     if not isinstance(teacher, MN):
-        raise TypeError(f"slim_teacher needs an mn04 teacher (compression.teachers.mn04.MN), got {type(teacher).__name__}")
+        raise TypeError(f"slim_teacher needs an mn04 teacher (compression.tasks.noise.mn04.MN), got {type(teacher).__name__}")
     if n_mels > teacher_n_mels:
         raise ValueError(f"student.frontend.n_mels {n_mels} exceeds the teacher's {teacher_n_mels} bands")
     silence = silence_value(section.frontend) if section is not None else (math.log(1e-5) + 4.5) / 5
