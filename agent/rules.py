@@ -64,6 +64,10 @@ class Rule:
         for s in self._states.values():
             s.active = s.fired = False
 
+    def active(self, name: str) -> bool:
+        """Whether class ``name`` is above its threshold now (and not yet released): its warning is on."""
+        return self._states[name].active
+
     def update(self, probs: np.ndarray, start_ms: int, end_ms: int) -> list[Event]:
         """Feed one window's probabilities (over all labels); return the events it fires.
 

@@ -131,19 +131,27 @@ def test_shipped_folder_is_a_valid_contract(smoke):
 
 def test_the_report_has_warning_curves_for_the_model_and_both_baselines_and_the_manifest_its_point(smoke):
     """Warnings are what the pole sends ahead of a jam: every predictor gets an operating curve on the same
-    windows, the recipe's point is measured and shipped in the manifest for the agent's rule."""
+    windows (the model's over thresholds and release points, the rule's hysteresis), the recipe's point is
+    measured and shipped in the manifest for the agent's rule."""
+    from agent.features.warning import WarningPoint
+
     out = smoke[0]
     report, manifest = (json.loads((out / n).read_text()) for n in ("report.json", "manifest.json"))
     w, recipe = report["warnings"], load_recipe(RECIPE)
     assert set(w["curves"]) == {"model", "persistence", "historical_average"}
-    assert [q["setting"] for q in w["curves"]["model"]] == recipe.warning.sweep
+    model = w["curves"]["model"]
+    assert len(model) == len(recipe.warning.sweep) * len(recipe.warning.release_fractions)
     assert [q["setting"] for q in w["curves"]["persistence"]] == recipe.warning.baseline_sweep_mph
-    # a lower threshold never warns later: caught-ahead and false alarms fall as the threshold rises
-    ahead = [q["caught_in_advance_fraction"] for q in w["curves"]["model"]]
-    assert ahead == sorted(ahead, reverse=True)
-    assert manifest["warning"] == w["operating_point"] == {"threshold": recipe.warning.threshold,
-                                                          "congested_now": recipe.warning.congested_now}
+    for fraction in recipe.warning.release_fractions:
+        line = [q for q in model if q["release"] == round(q["setting"] * fraction, 6)]
+        assert [q["setting"] for q in line] == recipe.warning.sweep
+        # a lower threshold (and release) never warns later: caught-ahead falls as they rise
+        ahead = [q["caught_in_advance_fraction"] for q in line]
+        assert ahead == sorted(ahead, reverse=True)
+    point = WarningPoint(recipe.warning.threshold, recipe.warning.congested_now, recipe.warning.release)
+    assert manifest["warning"] == w["operating_point"] == point.to_dict()
     assert w["at_operating_point"]["setting"] == recipe.warning.threshold and "warning_curves.png" in manifest["files"]
+    assert w["at_operating_point"]["release"] == point.release_at
 
 
 def test_eval_cli_on_a_csv_reproduces_the_report_and_skips_training_detectors(smoke, data_dir, tmp_path, capsys):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from agent.features.detector import CONGESTED, FREE
-from agent.features.warning import WarningPoint, warning_score
-from compression.tasks.congestion.metrics import choose_warning_point, warning_curve
+from agent.features.warning import WarningPoint, warning_score, warning_states
+from compression.tasks.congestion.metrics import choose_warning_point, false_alarm_quantile, warning_curve
 from compression.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,10 +30,44 @@ def test_the_score_is_the_forecast_probability_raised_to_one_while_congested_now
     assert warning_score(p, speed, WarningPoint(0.2, congested_now=True), 35.0).tolist() == [0.1, 1.0, 0.3, 0.1]
 
 
-@pytest.mark.parametrize("bad", [{"threshold": 0.0}, {"threshold": 1.5}, {"threshold": 0.3, "threshhold": 0.2}])
+@pytest.mark.parametrize("bad", [{"threshold": 0.0}, {"threshold": 1.5}, {"threshold": 0.3, "threshhold": 0.2},
+                                 {"threshold": 0.3, "release": 0.4}])
 def test_an_impossible_or_misspelt_operating_point_is_refused(bad):
     with pytest.raises(ValueError, match="threshold|unknown"):
         WarningPoint.from_dict(bad)
+
+
+def test_a_warning_ends_only_below_its_release_as_the_poles_rule_decides():
+    """The chain scores the warnings the pole sends: the congestion rule's state machine, per detector in
+    time order. A forecast hovering around the threshold is one warning with a release below it, several
+    without; a gap in a detector's steps restarts the rule, as a gap in the stream does."""
+    score = np.array([0.1, 0.3, 0.2, 0.3, 0.2, 0.1, 0.3, 0.3])
+    det = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    t = np.array([0, 1, 2, 3, 4, 5, 0, 2])  # detector 1 skips a step
+    assert warning_states(score, det, t, WarningPoint(0.25)).tolist() == [0, 1, 0, 1, 0, 0, 1, 1]
+    assert warning_states(score, det, t, WarningPoint(0.25, release=0.15)).tolist() == [0, 1, 1, 1, 1, 0, 1, 1]
+    shuffled = np.array([3, 0, 7, 5, 1, 6, 2, 4])  # the windows' order in the arrays does not matter
+    assert warning_states(score[shuffled], det[shuffled], t[shuffled], WarningPoint(0.25, release=0.15)).tolist() \
+        == [[0, 1, 1, 1, 1, 0, 1, 1][i] for i in shuffled]
+    assert WarningPoint(0.25).to_dict() == {"threshold": 0.25, "congested_now": False}  # older manifests' shape
+    assert WarningPoint.from_dict({"threshold": 0.25, "release": 0.15}).release_at == 0.15
+
+
+def test_false_alarms_are_bounded_at_a_detector_bootstrap_quantile():
+    """A tuning split has a few dozen detectors: one noisy detector among them can hide in the mean. Two
+    detectors here, one with two false alarms, one with none: resampled, a quarter of the draws hold the
+    noisy one twice, so the 0.9 quantile is twice the pooled rate."""
+    rows, horizon = 100, 3
+    states = np.full((rows, 2), FREE, np.int64)
+    t = np.tile(np.arange(rows - horizon), 2)
+    det = np.repeat([0, 1], rows - horizon)
+    warn = np.zeros(len(t), bool)
+    warn[[10, 50]] = True  # detector 0 warns twice, nothing comes
+    y = states[t + horizon, det]
+    pooled = warning_curve({0.5: warn}, y, det, t, states, horizon, 300)[0]["false_alarms_per_detector_day"]
+    upper = false_alarm_quantile(warn, y, det, t, states, horizon, 300, q=0.9, resamples=2000, seed=0)
+    assert pooled > 0 and upper == pytest.approx(2 * pooled)
+    assert false_alarm_quantile(warn, y, det, t, states, horizon, 300, q=0.1, resamples=2000, seed=0) == 0.0
 
 
 def test_a_lower_threshold_warns_earlier_and_more_often():
@@ -65,14 +99,14 @@ def test_the_tuning_run_picks_the_earliest_warning_within_both_bounds():
 
 
 def test_the_shipped_model_the_recipe_and_every_firmware_config_warn_at_one_operating_point():
-    """The threshold chosen on the tuning split is in the recipe, travels in the artefact's manifest, and
-    the congestion rule of every shipped device profile uses it for the congested class."""
+    """The threshold and release chosen on the tuning split are in the recipe, travel in the artefact's
+    manifest, and the congestion rule of every shipped device profile uses them for the congested class."""
     import yaml
 
     recipe = load_recipe(REPO / "compression" / "recipes" / "congestion.yaml")
     manifest = json.loads((REPO / "agent" / "models" / "congestion" / "manifest.json").read_text())
     point = WarningPoint.from_dict(manifest["warning"])
-    assert point == WarningPoint(recipe.warning.threshold, recipe.warning.congested_now)
+    assert point == WarningPoint(recipe.warning.threshold, recipe.warning.congested_now, recipe.warning.release)
     report = json.loads((REPO / "agent" / "models" / "congestion" / "report.json").read_text())
     assert report["warnings"]["operating_point"] == point.to_dict()
     profiles = [p for p in sorted((REPO / "firmware_configs").glob("*.yaml"))
@@ -81,3 +115,4 @@ def test_the_shipped_model_the_recipe_and_every_firmware_config_warn_at_one_oper
     for path in profiles:
         rule = yaml.safe_load(path.read_text())["tasks"]["congestion"]["rule"]
         assert rule["classes"]["congested"]["threshold"] == point.threshold, path.name
+        assert rule["classes"]["congested"].get("release") == point.release, path.name

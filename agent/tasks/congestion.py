@@ -81,6 +81,11 @@ def _warning_point(contract, cfg: CongestionTaskConfig) -> WarningPoint | None:
         log.warning("tasks.congestion.rule.classes.congested.threshold %g is not the model's warning operating "
                     "point %g (chosen on its tuning split): warnings will come %s", rule.threshold, point.threshold,
                     "later and fewer" if rule.threshold > point.threshold else "earlier and more often")
+    if rule is not None and point.release is not None and rule.release_threshold != point.release:
+        log.warning("tasks.congestion.rule.classes.congested.release %g is not the model's warning release %g "
+                    "(chosen on its tuning split): warnings will %s", rule.release_threshold, point.release,
+                    "end sooner and start again more often" if rule.release_threshold > point.release
+                    else "last longer")
     return point
 
 

@@ -106,6 +106,13 @@ class WarningSection(StrictModel):
                                                            "chosen with data.tuning_split=true, never on the "
                                                            "held-out detectors")
     congested_now: bool = Field(True, description="also warn while the detector reads congested now")
+    release: float | None = Field(None, ge=0, le=1, description="a warning ends when the score falls below this "
+                                                                "(the rule's hysteresis); default: the threshold")
+    release_fractions: list[float] = Field([1.0, 0.75, 0.5], min_length=1, description="release points of the "
+                                           "model's operating curve, as fractions of each threshold")
+    false_alarm_quantile: float = Field(0.9, gt=0, lt=1, description="a point meets the false-alarm bound when "
+                                        "this quantile of its false alarms over detector resamples does")
+    bootstrap_resamples: int = Field(1000, ge=10, description="detector resamples for that quantile")
     min_caught: float = Field(0.95, ge=0, le=1, description="selection bound: share of jam onsets caught at all")
     max_false_alarms_per_detector_day: float = Field(0.5, ge=0, description="selection bound: false alarms per "
                                                                               "detector and day")
@@ -122,6 +129,19 @@ class WarningSection(StrictModel):
         if any(not 0 < x <= 1 for x in v):
             raise ValueError("every threshold must be in (0, 1]")
         return sorted(v)
+
+    @field_validator("release_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 <= x <= 1 for x in v):
+            raise ValueError("every release fraction must be in [0, 1]")
+        return v
+
+    @model_validator(mode="after")
+    def _release_below_threshold(self) -> "WarningSection":
+        if self.release is not None and self.release > self.threshold:
+            raise ValueError(f"release ({self.release}) must be <= threshold ({self.threshold})")
+        return self
 
 
 class CongestionRecipe(RecipeBase):
