@@ -2,9 +2,11 @@
 
 "vibration" reads a pole-mounted accelerometer that streams like a microphone (the audio sensor
 format, at the device's audio rate) and computes its own front-end (band energies of one-second
-windows). Its compression task (``compression.tasks.register``) has a recipe schema, a tiny chain
-(a linear model trained with torch on generated signals, exported to ONNX with the shared exporter
-and manifest writer) and an evaluator, so ``roadside compress`` and ``roadside eval`` run it. Its
+windows). Its compression task (``compression.tasks.register``) has a recipe schema (the shared recipe
+base plus its own fields), a tiny chain (a small MLP teacher and a linear student distilled from it with
+the shared KD loss, on generated signals) that hands its FP32 model to the shared tail (INT8 per target,
+the choice, the gate, report and manifest), and an evaluator, so ``roadside compress`` and ``roadside
+eval`` run it. Its
 agent task (``agent.tasks.registry.register``) loads that artefact, and alerts ``shaking``
 upstream through a real broker: the config's ``tasks:`` section, the ``model`` command and the
 task set accept it, and nothing in agent/ or compression/ names it.
@@ -24,10 +26,10 @@ from pydantic import Field
 from agent.config import ModelTaskConfig
 from agent.control.commands import Refused, parse
 from agent.rules import Rule, softmax
-from agent.schema import StrictModel
 from agent.tasks import Detection, LoadedModel, dry_run
 from agent.tasks.registry import TaskSpec, model_tasks, register, unregister
 from agent_fixtures import Broker, Collector, write_agent_config
+from compression.recipe_base import BudgetBase, GateBase, RecipeBase
 from ops_fixtures import InProcessAgent, send_audio, wait_until
 
 RATE = 16000  # accelerometer samples per second: the device's audio.sample_rate (firmware_configs/test.yaml)
@@ -82,13 +84,12 @@ class VibrationTask:
         return out
 
 
-class VibrationRecipe(StrictModel):
+class VibrationRecipe(RecipeBase):
     task: Literal["vibration"] = "vibration"
-    name: str
-    version: str
-    seed: int = 0
     windows: int = Field(200, ge=20, description="generated training windows, half of them shaking")
     epochs: int = Field(200, ge=1)
+    budget: BudgetBase = BudgetBase(max_params=100)
+    gate: GateBase = GateBase(max_drop=5.0)
 
 
 def generated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,36 +98,82 @@ def generated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([band_energies(signal(i % 2 == 1, 1.0, rng)) for i in range(n)]), np.arange(n) % 2
 
 
-def run_vibration(recipe: VibrationRecipe, recipe_path, data=None, out=None, work=None) -> dict:
-    """The chain: fit, export with the shared exporter, write the manifest with the shared writer."""
+def _fit(model, x, y, epochs: int, teacher=None):
+    """Adam on cross-entropy, or on the shared KD loss against ``teacher``'s logits."""
     import torch
 
+    from compression.distillation import distillation_loss
+
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    soft = None if teacher is None else teacher(x).detach()
+    for _ in range(epochs):
+        opt.zero_grad()
+        logits = model(x)
+        hard = torch.nn.functional.cross_entropy(logits, y)
+        (hard if soft is None else distillation_loss(logits, soft, hard, 2.0, 0.5)).backward()
+        opt.step()
+    return model.eval()
+
+
+def run_vibration(recipe: VibrationRecipe, recipe_path, data=None, out=None, work=None) -> dict:
+    """What only this task has (generated windows, an MLP teacher, a linear student distilled from it);
+    from the FP32 ONNX on, the shared tail, as for every task."""
+    import torch
+
+    from compression import prune
+    from compression.chain import artefacts
+    from compression.chain.stages import Stages
+    from compression.chain.tail import Tail, finish
+    from compression.evaluate import Scorer, torch_scorer
     from compression.export import export_onnx
-    from compression.manifest import sha256_json, write_manifest
+    from compression.latency import _median_ms
+    from compression.manifest import sha256_file, sha256_json
 
     torch.manual_seed(recipe.seed)
-    x, y = generated(recipe.windows, recipe.seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    mean, std = xt.mean(0), xt.std(0) + 1e-6
-    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(recipe.epochs):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model((xt - mean) / std), yt).backward()
-        opt.step()
-    with torch.no_grad():  # the standardisation folded into the layer: the model takes raw band energies
-        layer = model[0]
-        layer.bias -= (layer.weight * (mean / std)).sum(1)
-        layer.weight /= std
+    out, work = Path(out), Path(work)
+    for d in (out, work):
+        d.mkdir(parents=True, exist_ok=True)
+    x, y = (torch.from_numpy(a) for a in generated(recipe.windows, recipe.seed))
+    norm = torch.nn.BatchNorm1d(4, affine=False).eval()  # standardised inside the model: it takes raw band energies
+    norm.running_mean, norm.running_var = x.mean(0), x.var(0)
+    teacher = _fit(torch.nn.Sequential(norm, torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)), x, y,
+                   recipe.epochs)
+    student = _fit(torch.nn.Sequential(norm, torch.nn.Linear(4, 2)), x, y, recipe.epochs, teacher)
     contract = {"task": "vibration", "labels": LABELS, "frontend": {"kind": "band_energy", "rate": RATE},
-                "window_seconds": 1.0}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_onnx(model.eval(), xt[:1], out / "model.onnx", contract)
-    write_manifest(out, stage="student", files=[onnx_path], inputs={}, recipe=recipe.model_dump(),
-                   data_lists={"train": sha256_json([recipe.seed, recipe.windows])},
-                   extra={**contract, "name": recipe.name, "version": recipe.version})
-    return {"task": "vibration", "params": sum(p.numel() for p in model.parameters())}
+                "window_seconds": 1.0, "name": recipe.name, "version": recipe.version}
+    one = band_energies(signal(True, 1.0, np.random.default_rng(0)))[None]
+
+    def latency(path: Path, frontend: dict) -> dict:
+        from agent.backends.onnx import OnnxBackend
+
+        backend = OnnxBackend(path, threads=1)
+        model = _median_ms(lambda: backend(one), 20)
+        return {"frontend_ms": 0.0, "model_ms": model, "total_ms": model}
+
+    stages = Stages("per window", evaluate=lambda s: evaluate_vibration(s, None), keep=("n", "accuracy", "macro_f1"),
+                    cost=lambda macs: {"macs_per_window": macs}, latency=latency)
+    for name, model in (("teacher", teacher), ("student", student)):
+        path = export_onnx(model, x[:1], work / f"{name}.onnx", contract)
+        stages.score(name, torch_scorer(model, "vibration", LABELS, contract["frontend"], 1.0), path,
+                     *reversed(prune.count(model, x[:1])))
+
+    class VibrationTail(Tail):
+        fp32_stage = "student"
+
+        def onnx_scorer(self, path: Path) -> Scorer:
+            from agent.backends.onnx import OnnxBackend
+
+            return Scorer("vibration", LABELS, contract["frontend"], 1.0, OnnxBackend(path, threads=1),
+                          sha256_file(path), "onnx")
+
+    tail = VibrationTail(recipe, stages, contract, work, x[:64].numpy())
+    with torch.no_grad():
+        parity = {"clips": 16, "max_abs_logit_diff": float((student(x[:16]) - torch.from_numpy(
+            tail.onnx_scorer(work / "student.onnx").logits(x[:16].numpy()))).abs().max())}
+    outcome = finish(tail, work / "student.onnx", parity)
+    return artefacts.write_artefacts(tail, outcome, out, parity=parity, history=[], seconds=0.0, inputs={},
+                                     data_lists={"train": sha256_json([recipe.seed, recipe.windows])},
+                                     licence="generated signals", plots=lambda results, shipped: [])
 
 
 def evaluate_vibration(scorer, data: Path, include_training: bool = False) -> dict:
@@ -174,6 +221,12 @@ def test_compress_and_eval_run_a_task_registered_outside_compression(compressed_
     manifest = json.loads((compressed_vibration.parent / "manifest.json").read_text())
     assert manifest["task"] == "vibration" and manifest["recipe"]["seed"] == 3
     assert verify_files(compressed_vibration.parent / "manifest.json") == []
+    # the shared tail ran for it: INT8 candidates for both targets, scored like every stage, each target's choice
+    # and why, the gate's verdict on what ships
+    report = json.loads((compressed_vibration.parent / "report.json").read_text())
+    assert list(report["stages"]) == ["teacher", "student", "int8_cpu", "int8_tensorrt"]
+    assert set(manifest["targets"]) == {"onnxruntime", "tensorrt"} and all(t["why"] for t in manifest["targets"].values())
+    assert report["gate"]["passed"] and report["stages"]["student"]["params"] < report["stages"]["teacher"]["params"]
 
     result = evaluate(compressed_vibration, None)
 
