@@ -34,20 +34,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"roadside: {e}", file=sys.stderr)
         return 3
     for name, st in report["stages"].items():
-        print(stage_line(name, st))
+        print(stage_line(name, st, report.get("latency_unit", "")))
     print(f"gate passed; shipped {report['shipped']}")
     return 0
 
 
-def stage_line(name: str, st: dict) -> str:
-    """One stage's figures: MACs and latency per crop (image tasks), per s of audio, or per window (detectors)."""
+def stage_line(name: str, st: dict, latency_unit: str = "") -> str:
+    """One stage's figures: its compute (a ``macs_per_<input>`` figure, where the task counts one) and its
+    latency, in the unit the run's report names (``latency_unit``, e.g. "per s of audio")."""
     lat = st.get("latency", {}).get("total_ms")
-    per = "crop" if "macs_per_image" in st else "s of audio"
-    per = per if "macs_per_image" in st or "macs_per_second" in st else "window"  # detector tasks: no MACs
-    macs = st.get("macs_per_image", st.get("macs_per_second"))
+    macs = next(((k.removeprefix("macs_per_"), v) for k, v in st.items() if k.startswith("macs_per_")), None)
     return (f"{name:14s} accuracy {st['accuracy']:.4f}  macro-F1 {st['macro_f1']:.4f}  params {st['params']:>7d}  "
-            + (f"{macs / 1e6:6.2f} M MACs per {per}" if macs is not None else "")
-            + (f"  {lat:.3f} ms per {per}" if lat else ""))
+            + (f"{macs[1] / 1e6:6.2f} M MACs per {macs[0]}" if macs is not None else "")
+            + (f"  {lat:.3f} ms {latency_unit}" if lat else ""))
 
 
 def parse_set(kv: str) -> tuple[str, object]:

@@ -49,7 +49,7 @@ def write_artefacts(tail: Tail, outcome: Outcome, out: Path, *, parity: dict, hi
         "gate": {"passed": not failures, "failures": failures, **recipe.gate.model_dump()},
         "shipped": {t.label.lower(): outcome.choices[t.name].stage for t in TARGETS},  # {"cpu": .., "tensorrt": ..}
         "targets": targets, "int8_rejected": outcome.rejected,
-        "stages": results, "onnx_parity": parity, "engine": outcome.engine,
+        "stages": results, "latency_unit": tail.stages.unit, "onnx_parity": parity, "engine": outcome.engine,
         "history": history, "seconds": round(seconds, 1),
         **(report_extra or {}),
         "licence": licence,

@@ -132,7 +132,7 @@ def fit(model: nn.Module, loss_fn: Callable, d: Tensors, cfg: TrainSection, spee
             loss = loss_fn(model, d, order[i:i + cfg.batch_size], speed_weight)
             optimise(opt, loss, losses)
             sched.step()
-        history.append({"stage": stage, "epoch": epoch + 1, "train_loss": float(np.mean(losses))})
+        history.append({"run": stage, "epoch": epoch + 1, "train_loss": float(np.mean(losses))})
     model.eval()
     return history
 

@@ -180,8 +180,8 @@ class Distiller:
                 optimise(opt, self.loss(first_output(student(x)), teacher, y), losses, bar)
                 step += 1
             self.epochs_done += 1
-            history.append({"run": desc, "epoch": epoch + 1, "loss": float(np.mean(losses))})
-            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}")
+            history.append({"run": desc, "epoch": epoch + 1, "train_loss": float(np.mean(losses))})
+            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['train_loss']:.4f}")
         return history
 
     def loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
