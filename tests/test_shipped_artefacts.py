@@ -173,6 +173,20 @@ def test_the_manifest_records_its_lineage(artefact):
         assert teacher_folds and set(teacher_folds) <= set(m["training_folds"])
 
 
+def test_a_committed_teacher_that_says_it_taught_this_model_is_the_one_its_manifest_names(artefact):
+    """The benchmarks time each student beside its teacher from a fresh clone, finding the teacher by the
+    sha256 the student's manifest names: a rebuilt student must come with its teacher (a stale one would
+    leave the benchmark rows skipping without a word)."""
+    from compression.manifest import sha256_file
+
+    taught = [p.parent for p in sorted((REPO / "compression" / "teachers" / "weights").glob("*/manifest.json"))
+              if json.loads(p.read_text()).get("taught", {}).get("name") == artefact.manifest["name"]]
+    for folder in taught:
+        claims = json.loads((folder / "manifest.json").read_text())["taught"]
+        assert claims["model_sha256"] == artefact.manifest["files"]["model.onnx"]["sha256"], folder.name
+        assert sha256_file(folder / "teacher.pt") == artefact.manifest["inputs"]["teacher_sha256"], folder.name
+
+
 def test_it_is_what_the_committed_recipe_builds(artefact):
     recipe = _committed_recipe(artefact)
     schema = compression_tasks.get(artefact.task).load("recipe")
