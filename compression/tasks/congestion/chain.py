@@ -4,12 +4,13 @@ Data: one speed table (los_speed.csv). Whole detectors are held out (seeded, rec
 the last ``data.eval_days`` days are evaluation time: the models train on the other
 detectors' earlier days only, and every number in the report is measured on the held-out
 detectors' evaluation days, beside persistence and the historical average on the same
-windows (``congestion_eval``).
+windows (``compression.tasks.congestion.evaluate``).
 
 Stages: the teacher is pretrained to forecast speeds 1..K steps ahead on every training
 detector, then fine-tuned for the states and the speed at the horizon; the student learns
-the teacher's states and speeds (and the truth); INT8 (onnxruntime static QDQ) ships only
-when it is measured faster than FP32 on this CPU and passes the gate.
+the teacher's states and speeds (and the truth); then the shared tail (``compression.chain``):
+INT8 (onnxruntime static QDQ) ships only when it is measured faster than FP32 on this CPU and
+passes the gate (``CongestionTail``). The teacher is reused through its lineage record.
 Writes to ``out``: model.onnx (outputs ``logits`` then ``speed``), manifest.json,
 report.json and plots. The teacher checkpoint and ONNX stages go to ``work``.
 """

@@ -1,12 +1,12 @@
-"""``roadside compress``: teacher -> student (distil) -> pruned -> INT8 -> ONNX (+ TensorRT), gated.
+"""The noise chain: teacher -> student (distilled on the teacher's views) -> pruned, then the shared tail.
 
-Every stage is scored by the same evaluation code (``compression.evaluate``) on the
-same held-out clips; every stage's numbers reach the report even when the gate fails.
-Which precision each target gets is chosen on a tuning split carved from the training
-folds (never on the held-out fold, which only the gate reads). Writes to ``out`` (the
-shipped folder): model.onnx (the CPU artefact: INT8 where it is faster and keeps its
-accuracy, else FP32), model_trt.onnx (symmetric INT8 QDQ for TensorRT), manifest.json,
-report.json, confusion.png, accuracy_latency.png. Intermediate checkpoints go to ``work``.
+What is noise's own lives here: UrbanSound8K folds (the held-out fold only scores and gates), the
+teacher (a checkpoint or a Hugging Face folder), the students, log-mel distillation, pruning, and
+``NoiseTail``: INT8 pays for a target only where it keeps the FP32 model's accuracy on a tuning split
+carved from the training folds, with quantisation-aware training as TensorRT's second try. From the
+FP32 ONNX on, ``compression.chain`` runs (INT8 per target, the choice, the engine, the gate, the
+report and manifest). Every stage is scored by ``compression.tasks.noise.evaluate`` (what ``roadside
+eval`` runs) on the same held-out clips. Intermediate checkpoints, with their lineage records, go to ``work``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """``roadside compress --recipe compression/recipes/vehicles.yaml``: vehicle type from camera crops.
 
-teacher (ResNet trained on the training split, cached) -> student (distilled on the
-teacher's views) -> pruned (torch-pruning, channels in multiples of 8, KD re-fits) ->
-INT8 (onnxruntime static QDQ, per-channel, calibrated on a recorded list of training
-crops; asymmetric for the CPU, symmetric for TensorRT) -> ONNX with the contract inside
--> gate. Every stage is scored on the held-out split with the same code, and every
-stage's numbers reach the report even when the gate fails.
+teacher (ResNet trained on the training split, reused through its lineage record) -> student
+(distilled on the teacher's views, reused likewise) -> pruned (torch-pruning, channels in
+multiples of 8, KD re-fits), then the shared tail (``compression.chain``): INT8 per target,
+calibrated on a recorded list of training crops, the choice (``VehiclesTail``), the engine, the
+gate, the report and manifest. Every stage is scored on the held-out split with the same code
+(``compression.tasks.vehicles.evaluate``), and every stage's numbers reach the report even when
+the gate fails.
 """
 
 from __future__ import annotations
