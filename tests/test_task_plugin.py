@@ -124,10 +124,10 @@ def run_vibration(recipe: VibrationRecipe, recipe_path, data=None, out=None, wor
     from compression.chain import artefacts
     from compression.chain.stages import Stages
     from compression.chain.tail import Tail, finish
-    from compression.evaluate import Scorer, torch_scorer
+    from compression.evaluate import torch_scorer
     from compression.export import export_onnx
     from compression.latency import _median_ms
-    from compression.manifest import sha256_file, sha256_json
+    from compression.manifest import sha256_json
 
     torch.manual_seed(recipe.seed)
     out, work = Path(out), Path(work)
@@ -159,12 +159,6 @@ def run_vibration(recipe: VibrationRecipe, recipe_path, data=None, out=None, wor
 
     class VibrationTail(Tail):
         fp32_stage = "student"
-
-        def onnx_scorer(self, path: Path) -> Scorer:
-            from agent.backends.onnx import OnnxBackend
-
-            return Scorer("vibration", LABELS, contract["frontend"], 1.0, OnnxBackend(path, threads=1),
-                          sha256_file(path), "onnx")
 
     tail = VibrationTail(recipe, stages, contract, work, x[:64].numpy())
     with torch.no_grad():

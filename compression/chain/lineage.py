@@ -45,24 +45,29 @@ def reusable(output: Path, stage: str, config: Any, inputs: dict[str, str]) -> d
     """The record when ``output`` was made by this stage from these settings and inputs and is unchanged;
     None (and why, in the log) otherwise."""
     path = record_path(output)
-    why = None
-    try:
-        rec = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except (OSError, ValueError) as e:
-        rec, why = None, f"unreadable record ({e})"
-    if why is None and (not isinstance(rec, dict) or rec.get("format") != FORMAT):
-        why = "not a lineage record of this format"
-    elif why is None and rec.get("key") != key(stage, config, inputs):
-        why = "made from other settings or inputs"
-    elif why is None and (not output.is_file() or sha256_file(output) != rec.get("output", {}).get("sha256")):
-        why = "the file changed or is missing since its record was written"
+    rec, why = _check(path, output, key(stage, config, inputs))
     if why is not None:
         log.info("%s: not reused: %s", output, why)
         return None
     log.info("%s: reused (%s, same settings and inputs)", output, stage)
     return rec
+
+
+def _check(path: Path, output: Path, want: str) -> tuple[dict | None, str | None]:
+    """(the record, None) when it holds for ``output`` and key ``want``; else (None, why not)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return None, f"unreadable record ({e})"
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+        return None, "not a lineage record of this format"
+    if rec.get("key") != want:
+        return None, "made from other settings or inputs"
+    if not output.is_file() or sha256_file(output) != rec.get("output", {}).get("sha256"):
+        return None, "the file changed or is missing since its record was written"
+    return rec, None
 
 
 def save_torch(path: Path, state: dict) -> Path:

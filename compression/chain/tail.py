@@ -67,7 +67,13 @@ class Tail:
         return f"int8_{target.flavour}"
 
     def onnx_scorer(self, path: Path):
-        raise NotImplementedError
+        """An ONNX stage as a Scorer, described by the chain's contract (an INT8 file loses its metadata)."""
+        from agent.backends.onnx import OnnxBackend
+        from compression.evaluate import Scorer
+
+        c = self.contract
+        return Scorer(c["task"], c["labels"], c["frontend"], c["window_seconds"], OnnxBackend(path, threads=1),
+                      sha256_file(path), "onnx")
 
     def check(self, teacher: dict, shipped: dict) -> list[str]:
         """The gate's reasons against one shipped stage (empty when it passes)."""

@@ -100,8 +100,8 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
 
     stages, history, teacher_path, parity = float_stages(recipe, params, ds, contract, history_now, work)
     calib = np.sort(np.random.default_rng(recipe.seed).permutation(len(ds.train))[:recipe.data.calibration_windows])
-    tail = CongestionTail(recipe, stages, contract, work, ds.train.X[calib])
-    tail.setup(ds.eval, baselines["persistence"], params, history_now)
+    tail = CongestionTail(recipe, stages, contract, work, ds.train.X[calib], ds.eval, baselines["persistence"],
+                          params, history_now)
     outcome = finish(tail, work / "student_fp32.onnx", parity)  # INT8 where it pays, the gate
     shipped = stages.results[outcome.shipped["onnxruntime"]]
     targets = targets_with_bootstrap(recipe, es, shipped, baselines)
@@ -123,7 +123,9 @@ class CongestionTail(Tail):
     fp32_stage = "student"
     targets = (ONNXRUNTIME,)
 
-    def setup(self, es: EvalSet, persistence: dict, params: DetectorParams, history_now: np.ndarray) -> None:
+    def __init__(self, recipe, stages: Stages, contract: dict, work: Path, calibration: np.ndarray, es: EvalSet,
+                 persistence: dict, params: DetectorParams, history_now: np.ndarray):
+        super().__init__(recipe, stages, contract, work, calibration)
         self.es, self.persistence, self.params, self.history_now = es, persistence, params, history_now
 
     def int8_stage(self, target: Target) -> str:

@@ -30,7 +30,7 @@ from compression.chain.tail import Outcome, Tail, finish
 from compression.chain.targets import TENSORRT, Target
 from compression.datasets.datadir import REPO_ROOT as REPO
 from compression.devices import resolve_device
-from compression.evaluate import Scorer, torch_scorer
+from compression.evaluate import torch_scorer
 from compression.export import export_onnx
 from compression.latency import per_second_of_audio
 from compression.manifest import sha256_file, sha256_json
@@ -234,9 +234,6 @@ class NoiseTail(Tail):
         super().__init__(run.recipe, run.stages, run.contract, run.work, run.calib)
         self.run, self.student, self.distiller = run, student, distiller
 
-    def onnx_scorer(self, path: Path) -> Scorer:
-        return _onnx_scorer(path, self.contract)
-
     def check(self, teacher: dict, shipped: dict) -> list[str]:
         return check(self.recipe, teacher, shipped)
 
@@ -368,13 +365,6 @@ def qat_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib: 
     qat.freeze(qstudent)
     path = export_onnx(qstudent, example, work / "int8_tensorrt_qat.onnx", contract)
     return path, history
-
-
-def _onnx_scorer(path: Path, contract: dict) -> Scorer:
-    from agent.backends.onnx import OnnxBackend
-
-    return Scorer(contract["task"], contract["labels"], contract["frontend"], contract["window_seconds"],
-                  OnnxBackend(path, threads=1), sha256_file(path), "onnx")
 
 
 def onnx_parity(model: torch.nn.Module, onnx_path: Path, clips: list, frontend: dict, window: float) -> dict:

@@ -152,12 +152,6 @@ class VehiclesTail(Tail):
     """The CPU takes INT8 wherever it is measured faster; TensorRT's INT8 must pass the gate on the
     validation split (this chain has no tuning split of its own)."""
 
-    def onnx_scorer(self, path: Path) -> Scorer:
-        from agent.backends.onnx import OnnxBackend
-
-        return Scorer(TASK, self.contract["labels"], self.contract["frontend"], 0.0, OnnxBackend(path, threads=1),
-                      sha256_file(path), "onnx")
-
     def check(self, teacher: dict, shipped: dict) -> list[str]:
         return check(self.recipe, teacher, shipped)
 
