@@ -95,6 +95,35 @@ def test_the_tuning_split_never_loads_the_held_out_detectors(data_dir):
     assert used <= set(real.train) and not used & set(real.val)
 
 
+def test_cross_fitting_scores_every_training_detector_once_by_models_that_never_trained_on_it(data_dir, tmp_path,
+                                                                                              capsys):
+    """The warning point chosen over all training detectors: each fold scored by a model trained on the
+    others, the curve pooled, the held-out detectors never loaded, no model written."""
+    folds = {"data.tuning_split": True, "data.tuning_folds": 3}
+    out, work = tmp_path / "cf", tmp_path / "w"
+    assert main(["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--out", str(out), "--work", str(work),
+                 *_sets({**TINY, **folds})]) == 0
+    assert "cross-fitted warning point: threshold" in capsys.readouterr().out
+    report = json.loads((out / "crossfit.json").read_text())
+    recipe = load_recipe(RECIPE, **TINY)
+    real = load_data(recipe, DetectorParams.from_dict(recipe.frontend), data_dir).split
+    scored = [d for f in report["folds"] for d in f["val_detectors"]]
+    assert sorted(scored) == sorted(real.train) and report["detectors"] == len(scored)  # each once, none held out
+    for k, fold in enumerate(report["folds"]):
+        record = json.loads((work / f"crossfit-fold{k}" / "teacher.pt.lineage.json").read_text())
+        trained = set(real.train) - set(fold["val_detectors"])
+        assert record["inputs"]["split_sha256"] == fold["split_sha256"] != report["folds"][k - 1]["split_sha256"]
+        assert trained and not trained & set(fold["val_detectors"])
+    chosen, model = report["chosen"], report["warnings"]["curves"]["model"]
+    assert chosen["recipe_keys"] == {"warning.threshold": chosen["setting"], "warning.release": chosen["release"]}
+    assert chosen in [{**q, "meets_bounds": chosen["meets_bounds"], "recipe_keys": chosen["recipe_keys"]}
+                      for q in model]
+    assert sum(f["at_chosen_point"]["onsets"] for f in report["folds"]) == chosen["onsets"]
+    assert not (out / "model.onnx").exists() and (out / "crossfit_warning_curves.png").stat().st_size > 0
+    with pytest.raises(ConfigError, match="tuning_split"):
+        load_recipe(RECIPE, **{"data.tuning_folds": 3})
+
+
 def test_the_time_split_scores_every_detector_on_days_it_never_trained_on(data_dir):
     # the published protocol, for comparison: every detector trains, on the days before the evaluation days
     recipe = load_recipe(RECIPE, **TINY, **{"data.time_split_only": True})

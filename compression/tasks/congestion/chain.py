@@ -63,6 +63,11 @@ class Data:
 def load_data(recipe: CongestionRecipe, params: DetectorParams, data) -> Data:
     speed_file = traffic.find_speed_file(data)
     table = traffic.load_speeds(speed_file)
+    return split_data(recipe, params, speed_file, table, outer_split(recipe, table))
+
+
+def outer_split(recipe: CongestionRecipe, table: traffic.SpeedTable) -> traffic.DetectorSplit:
+    """The held-out detectors, or on a tuning split the share of the training detectors that stands in for them."""
     ids = table.ids[:recipe.data.max_detectors] if recipe.data.max_detectors else table.ids
     split = traffic.split_detectors(ids, recipe.data.val_fraction, recipe.seed)
     if recipe.data.time_split_only:
@@ -72,6 +77,12 @@ def load_data(recipe: CongestionRecipe, params: DetectorParams, data) -> Data:
         split = traffic.split_detectors(split.train, recipe.data.val_fraction, recipe.seed)
         log.info("tuning split: the %d held-out detectors are not loaded; %d of the training detectors are held out",
                  len(ids) - len(split.train) - len(split.val), len(split.val))
+    return split
+
+
+def split_data(recipe: CongestionRecipe, params: DetectorParams, speed_file: Path, table: traffic.SpeedTable,
+               split: traffic.DetectorSplit) -> Data:
+    """Training windows of ``split.train`` before the evaluation days, evaluation windows of ``split.val``."""
     es = build_eval_set(table, split.val, params, recipe.data.eval_days)
     w = training_windows(table, split.train, params, es.eval_start)
     if len(w) == 0:
@@ -84,6 +95,10 @@ def load_data(recipe: CongestionRecipe, params: DetectorParams, data) -> Data:
 def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, data=None, out: Path | None = None,
                    work: Path | None = None) -> dict:
     """The chain; returns the report, raises GateFailed (after writing it) when the result must not ship."""
+    if recipe.data.tuning_folds > 1:  # a tuning run that chooses the warning point and ships nothing
+        from compression.tasks.congestion.crossfit import run_crossfit
+
+        return run_crossfit(recipe, recipe_path, data, out, work)
     t_start = time.time()
     torch.set_num_threads(recipe.threads)
     params = DetectorParams.from_dict(recipe.frontend)
@@ -95,8 +110,7 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
     es = ds.eval
     baselines = {name: es.score(*pred) for name, pred in es.baselines.items()}
     history_now = es.windows.X[0, :params.history_steps] * params.speed_scale  # one real history for latency
-    contract = {"task": recipe.task, "labels": ["free", "slowed", "congested"], "frontend": params.to_dict(),
-                "name": recipe.name, "version": recipe.version, "outputs": list(OUTPUTS)}
+    contract = model_contract(recipe, params)
 
     stages, history, teacher_path, parity = float_stages(recipe, params, ds, contract, history_now, work)
     calib = np.sort(np.random.default_rng(recipe.seed).permutation(len(ds.train))[:recipe.data.calibration_windows])
@@ -114,6 +128,11 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
                              seconds=time.time() - t_start)
     raise_if_failed(outcome.failures)
     return report
+
+
+def model_contract(recipe: CongestionRecipe, params: DetectorParams) -> dict:
+    return {"task": recipe.task, "labels": ["free", "slowed", "congested"], "frontend": params.to_dict(),
+            "name": recipe.name, "version": recipe.version, "outputs": list(OUTPUTS)}
 
 
 class CongestionTail(Tail):

@@ -97,6 +97,24 @@ class EvalSet:
                 **({"profile_known_fraction": self.profile_known()} if self.params.uses_profile else {})}
 
 
+def pool_eval_sets(sets: Sequence[EvalSet]) -> EvalSet:
+    """One evaluation set from several over the same table and days with disjoint detectors (cross-fitting):
+    windows index the table's columns, so the state grid is shared and the windows simply stack."""
+    first = sets[0]
+    if any(s.table is not first.table or s.eval_start != first.eval_start for s in sets):
+        raise ValueError("pooled evaluation sets must share the speed table and the evaluation days")
+    dets = [d for s in sets for d in s.detectors]
+    if len(set(dets)) != len(dets):
+        raise ValueError("pooled evaluation sets must not share a detector")
+    stack = lambda f: np.concatenate([f(s) for s in sets])  # noqa: E731
+    w = Windows(stack(lambda s: s.windows.X), stack(lambda s: s.windows.y_state), stack(lambda s: s.windows.y_speed),
+                stack(lambda s: s.windows.det), stack(lambda s: s.windows.t))
+    baselines = {name: (stack(lambda s: s.baselines[name][0]), stack(lambda s: s.baselines[name][1]))
+                 for name in first.baselines}
+    return EvalSet(first.table, first.params, first.eval_start, tuple(dets), w, first.states, baselines,
+                   tuple(d for s in sets for d in s.skipped_detectors))
+
+
 def build_eval_set(table: traffic.SpeedTable, detector_ids: Sequence[str], params: DetectorParams,
                    eval_days: int) -> EvalSet:
     start = traffic.eval_start_row(table.speeds.shape[0], eval_days)

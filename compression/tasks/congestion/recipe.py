@@ -26,6 +26,11 @@ class DataSection(StrictModel):
     tuning_split: bool = Field(False, description="leave the held-out detectors out entirely and hold out the same "
                                                   "share of the training detectors instead: for choosing recipe "
                                                   "settings without looking at the detectors that judge the model")
+    tuning_folds: int = Field(1, ge=1, le=20, description="with tuning_split: above 1, cross-fit the warning's "
+                                                          "operating point instead: the training detectors in this "
+                                                          "many folds, each scored by models trained on the others, "
+                                                          "the curve pooled over all of them (more detectors and "
+                                                          "jam onsets than one split); writes no model")
     time_split_only: bool = Field(False, description="hold out no detector: every detector trains on the days "
                                                      "before the evaluation days and is scored on those days (the "
                                                      "published Los-loop protocol, for comparison only: the model has "
@@ -42,6 +47,8 @@ class DataSection(StrictModel):
     def _one_split(self) -> DataSection:
         if self.tuning_split and self.time_split_only:
             raise ValueError("tuning_split and time_split_only exclude each other: choose one split")
+        if self.tuning_folds > 1 and not self.tuning_split:
+            raise ValueError("tuning_folds > 1 cross-fits on the training detectors: set tuning_split: true too")
         return self
 
 
