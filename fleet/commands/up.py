@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     stack.start()
     try:
         print(f"city stack up in {args.dir}:")
-        print(f"  MQTT (poles):   " + ", ".join(f"127.0.0.1:{p}" for p in stack.mqtt_ports) + (" (TLS)" if tls else ""))
-        print(f"  NATS (ops):     " + ", ".join(u.split("@")[-1] for u in stack.nats_urls))
+        print("  MQTT (poles):   " + ", ".join(f"127.0.0.1:{p}" for p in stack.mqtt_ports) + (" (TLS)" if tls else ""))
+        print("  NATS (ops):     " + ", ".join(u.split("@")[-1] for u in stack.nats_urls))
         print(f"  PostgreSQL:     127.0.0.1:{stack.pg.port} (URL with password in {args.dir}/stack.json)")
         print(f"  workers:        {len(stack.workers)}; logs in {args.dir}/workers/")
         print("  add poles:      roadside fleet simulate --dir DIR ...; Ctrl-C stops everything", flush=True)
