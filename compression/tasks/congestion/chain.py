@@ -68,16 +68,22 @@ def load_data(recipe: CongestionRecipe, params: DetectorParams, data) -> Data:
 
 def outer_split(recipe: CongestionRecipe, table: traffic.SpeedTable) -> traffic.DetectorSplit:
     """The held-out detectors, or on a tuning split the share of the training detectors that stands in for them."""
-    ids = table.ids[:recipe.data.max_detectors] if recipe.data.max_detectors else table.ids
-    split = traffic.split_detectors(ids, recipe.data.val_fraction, recipe.seed)
+    ids, split = held_out_split(recipe, table)
     if recipe.data.time_split_only:
-        split = traffic.DetectorSplit(train=tuple(ids), val=tuple(ids), seed=recipe.seed, val_fraction=0.0)
+        split = traffic.DetectorSplit(train=ids, val=ids, seed=recipe.seed, val_fraction=0.0)
         log.warning("time split only: every detector is trained on and scored; these are not unseen-detector figures")
     elif recipe.data.tuning_split:
         split = traffic.split_detectors(split.train, recipe.data.val_fraction, recipe.seed)
         log.info("tuning split: the %d held-out detectors are not loaded; %d of the training detectors are held out",
                  len(ids) - len(split.train) - len(split.val), len(split.val))
     return split
+
+
+def held_out_split(recipe: CongestionRecipe,
+                   table: traffic.SpeedTable) -> tuple[tuple[str, ...], traffic.DetectorSplit]:
+    """The detectors in use and the seeded split of the whole ones held out from them."""
+    ids = tuple(table.ids[:recipe.data.max_detectors] if recipe.data.max_detectors else table.ids)
+    return ids, traffic.split_detectors(ids, recipe.data.val_fraction, recipe.seed)
 
 
 def split_data(recipe: CongestionRecipe, params: DetectorParams, speed_file: Path, table: traffic.SpeedTable,

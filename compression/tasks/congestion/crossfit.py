@@ -30,7 +30,7 @@ from agent.features.warning import WarningPoint
 from compression.datasets.datadir import REPO_ROOT as REPO
 from compression.manifest import sha256_file, sha256_json
 from compression.tasks.congestion import traffic
-from compression.tasks.congestion.chain import float_stages, model_contract, split_data
+from compression.tasks.congestion.chain import float_stages, held_out_split, model_contract, split_data
 from compression.tasks.congestion.evaluate import pool_eval_sets
 from compression.tasks.congestion.recipe import CongestionRecipe
 from compression.tasks.congestion.warning import at_operating_point, plot_warning_curves, warning_report
@@ -61,8 +61,8 @@ def run_crossfit(recipe: CongestionRecipe, recipe_path: Path | None = None, data
     out.mkdir(parents=True, exist_ok=True)
     speed_file = traffic.find_speed_file(data)
     table = traffic.load_speeds(speed_file)
-    ids = table.ids[:recipe.data.max_detectors] if recipe.data.max_detectors else table.ids
-    training = traffic.split_detectors(ids, recipe.data.val_fraction, recipe.seed).train  # held-out never loaded
+    ids, held_out = held_out_split(recipe, table)
+    training = held_out.train  # the held-out detectors are never loaded
     log.info("cross-fitting the warning point over %d training detectors in %d folds (%d held-out detectors "
              "not loaded)", len(training), recipe.data.tuning_folds, len(ids) - len(training))
 
