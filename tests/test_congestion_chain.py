@@ -216,6 +216,11 @@ def test_eval_cli_on_a_csv_reproduces_the_report_and_skips_training_detectors(sm
     assert warn["threshold"] == report["warnings"]["operating_point"]["threshold"]
     for key in ("caught_fraction", "caught_in_advance_fraction", "false_alarms_per_detector_day"):
         assert warn[key] == pytest.approx(report["warnings"]["at_operating_point"][key])
+    # ... and which streets raised them: per detector, adding up to the rate
+    by_det = warn["false_alarms_by_detector"]
+    assert set(by_det) <= set(val) and len(by_det) == result["evaluation"]["detectors"]
+    alarms, days = (sum(v[i] for v in by_det.values()) for i in (0, 1))
+    assert alarms / days == pytest.approx(warn["false_alarms_per_detector_day"], rel=1e-3)
 
 
 def test_gate_trips_and_still_writes_the_report(smoke, data_dir, tmp_path, capsys):

@@ -70,6 +70,28 @@ def test_false_alarms_are_bounded_at_a_detector_bootstrap_quantile():
     assert false_alarm_quantile(warn, y, det, t, states, horizon, 300, q=0.1, resamples=2000, seed=0) == 0.0
 
 
+def test_a_bound_for_a_new_group_of_streets_is_judged_on_resamples_of_that_many_detectors():
+    """Ten detectors, one of them noisy (five false alarms, the others none). Resampling all ten says how
+    well their mean is known; a bound that must hold for one new street has to allow for that street
+    being the noisy one, which one draw in ten is."""
+    rows, horizon, n = 100, 3, 10
+    states = np.full((rows, n), FREE, np.int64)
+    t = np.tile(np.arange(rows - horizon), n)
+    det = np.repeat(np.arange(n), rows - horizon)
+    warn = np.zeros(len(t), bool)
+    warn[(n - 1) * (rows - horizon) + np.array([5, 20, 40, 60, 80])] = True  # the last detector: five alarms
+    y = states[t + horizon, det]
+    pooled = warning_curve({0.5: warn}, y, det, t, states, horizon, 300)[0]["false_alarms_per_detector_day"]
+
+    def upper(q, group):
+        return false_alarm_quantile(warn, y, det, t, states, horizon, 300, q=q, resamples=4000, seed=0, group=group)
+
+    assert upper(0.95, None) == upper(0.95, n)  # the default is the usual bootstrap, draw for draw
+    assert upper(0.95, 1) == pytest.approx(n * pooled)  # one street: the noisy one's own rate
+    assert upper(0.8, 1) == 0.0  # ... which 90 % of single streets do not have
+    assert pooled < upper(0.95, n) < upper(0.95, 3) < upper(0.95, 1)  # the smaller the group, the wider
+
+
 def test_a_lower_threshold_warns_earlier_and_more_often():
     # free for 20 readings, congested from row 20 to 29; the forecast's probability rises from row 15
     row = [FREE] * 20 + [CONGESTED] * 10 + [FREE] * 70

@@ -127,7 +127,7 @@ def run_congestion(recipe: CongestionRecipe, recipe_path: Path | None = None, da
     targets = targets_with_bootstrap(recipe, es, shipped, baselines)
     warnings = warning_report(recipe, es, shipped["_logits"])
     log.info("warnings at P >= %g%s: %s", recipe.warning.threshold, " or congested now" if recipe.warning.congested_now
-             else "", {k: round(v, 3) for k, v in warnings["at_operating_point"].items()})
+             else "", {k: round(v, 3) for k, v in warnings["at_operating_point"].items() if isinstance(v, float)})
     report = write_artefacts(tail, outcome, recipe_path=recipe_path, out=out, ds=ds, baselines=baselines,
                              warnings=warnings, targets=targets, parity=parity, history=history,
                              calibration=calib if recipe.quantise.enabled else calib[:0], teacher_path=teacher_path,

@@ -116,9 +116,10 @@ def macro_f1_of(cm: np.ndarray) -> np.ndarray:
     return f1.sum(-1) / np.maximum((denom > 0).sum(-1), 1)
 
 
-def _detector_draws(n_detectors: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, D): how many times each detector is drawn in each resample (with replacement)."""
-    picks = np.random.default_rng(seed).integers(0, n_detectors, (resamples, n_detectors))
+def _detector_draws(n_detectors: int, resamples: int, seed: int, size: int | None = None) -> np.ndarray:
+    """(resamples, D): how many times each detector is drawn in each resample (with replacement), ``size``
+    draws per resample (default D: the usual bootstrap)."""
+    picks = np.random.default_rng(seed).integers(0, n_detectors, (resamples, size or n_detectors))
     return np.stack([np.bincount(row, minlength=n_detectors) for row in picks])
 
 
@@ -194,18 +195,30 @@ def warning_curve(warn_at: dict, y_state: np.ndarray, det: np.ndarray, t: np.nda
     return points
 
 
-def false_alarm_quantile(warn: np.ndarray, y_state: np.ndarray, det: np.ndarray, t: np.ndarray, states: np.ndarray,
-                         horizon: int, step_s: int, q: float, resamples: int, seed: int) -> float:
-    """The ``q`` quantile of false alarms per detector-day over detector bootstrap resamples: a split of a
-    few dozen detectors is a small sample, and a point chosen on it should meet its bound with room."""
+def false_alarms_by_detector(warn: np.ndarray, y_state: np.ndarray, det: np.ndarray, t: np.ndarray,
+                             states: np.ndarray, horizon: int, step_s: int) -> tuple[np.ndarray, np.ndarray]:
+    """The detectors and, per detector, (false alarms, detector-days) of the warnings ``warn``."""
     dets = np.unique(det)
     per = []
     for d in dets:
         k = det == d
         m = warning_metrics(np.where(warn[k], CONGESTED, -1), y_state[k], det[k], t[k], states, horizon, step_s)
         per.append((m["false_alarms"], m["detector_days"]))
-    per = np.asarray(per, np.float64)
-    draws = _detector_draws(len(dets), resamples, seed)
+    return dets, np.asarray(per, np.float64)
+
+
+def false_alarm_quantile(warn: np.ndarray, y_state: np.ndarray, det: np.ndarray, t: np.ndarray, states: np.ndarray,
+                         horizon: int, step_s: int, q: float, resamples: int, seed: int,
+                         group: int | None = None) -> float:
+    """The ``q`` quantile of false alarms per detector-day over detector bootstrap resamples: a split of a
+    few dozen detectors is a small sample, and a point chosen on it should meet its bound with room.
+
+    ``group``: detectors per resample (default: as many as there are). The usual bootstrap says how well
+    the mean over *these* detectors is known; a bound that must hold for a new group of ``group`` streets
+    (a district, a held-out split) is judged on resamples of that size, whose rates spread wider the
+    smaller the group is."""
+    dets, per = false_alarms_by_detector(warn, y_state, det, t, states, horizon, step_s)
+    draws = _detector_draws(len(dets), resamples, seed, group)
     return float(np.quantile(draws @ per[:, 0] / (draws @ per[:, 1]), q))
 
 

@@ -120,6 +120,9 @@ class WarningSection(StrictModel):
     false_alarm_quantile: float = Field(0.9, gt=0, lt=1, description="a point meets the false-alarm bound when "
                                         "this quantile of its false alarms over detector resamples does")
     bootstrap_resamples: int = Field(1000, ge=10, description="detector resamples for that quantile")
+    false_alarm_group: int | None = Field(None, ge=1, description="detectors per resample: the size of the group "
+                                          "of new streets the bound must hold for (default: every detector "
+                                          "scored, the usual bootstrap of their mean)")
     min_caught: float = Field(0.95, ge=0, le=1, description="selection bound: share of jam onsets caught at all")
     max_false_alarms_per_detector_day: float = Field(0.5, ge=0, description="selection bound: false alarms per "
                                                                               "detector and day")

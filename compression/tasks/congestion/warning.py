@@ -19,7 +19,8 @@ from agent.features.detector import CONGESTED
 from agent.features.warning import WarningPoint, warning_score, warning_states
 
 from compression.chain.plots import _pyplot
-from compression.tasks.congestion.metrics import choose_warning_point, false_alarm_quantile, warning_curve
+from compression.tasks.congestion.metrics import (choose_warning_point, false_alarm_quantile, false_alarms_by_detector,
+                                                  warning_curve)
 
 LABELS = ["free", "slowed", "congested"]
 
@@ -48,7 +49,16 @@ def at_operating_point(es, logits: np.ndarray, point: WarningPoint) -> dict:
     score = _model_score(es, logits, point)
     warn = _states(es, score, point)
     return {**_curve(es, {point.threshold: warn}, logits.argmax(1))[0], "release": point.release_at,
-            "warning_share": float(warn.mean())}
+            "warning_share": float(warn.mean()), "false_alarms_by_detector": by_detector_at(es, logits, point)}
+
+
+def by_detector_at(es, logits: np.ndarray, point: WarningPoint) -> dict:
+    """Per detector at ``point``: [false alarms, detector-days] (how the streets differ; a report's raw figures
+    for any group-size question asked later)."""
+    w, p = es.windows, es.params
+    warn = _states(es, _model_score(es, logits, point), point)
+    dets, per = false_alarms_by_detector(warn, w.y_state, w.det, w.t, es.states, p.horizon_steps, p.step_s)
+    return {str(es.table.ids[d]): [int(fa), round(float(days), 4)] for d, (fa, days) in zip(dets, per)}
 
 
 def model_curve(cfg, es, logits: np.ndarray, seed: int) -> list[dict]:
@@ -65,7 +75,7 @@ def model_curve(cfg, es, logits: np.ndarray, seed: int) -> list[dict]:
             point["warning_share"] = float(warn.mean())  # of the windows: a warning on all day warns of nothing
             point["false_alarms_upper"] = false_alarm_quantile(
                 warn, w.y_state, w.det, w.t, es.states, p.horizon_steps, p.step_s, cfg.false_alarm_quantile,
-                cfg.bootstrap_resamples, seed)
+                cfg.bootstrap_resamples, seed, cfg.false_alarm_group)
             points.append(point)
     return points
 
@@ -81,7 +91,8 @@ def warning_report(recipe, es, logits: np.ndarray) -> dict:
     at_point = at_operating_point(es, logits, point)
     bounds = {"min_caught": cfg.min_caught, "max_false_alarms_per_detector_day": cfg.max_false_alarms_per_detector_day,
               "false_alarms_judged_at": f"the {cfg.false_alarm_quantile:g} quantile over "
-                                        f"{cfg.bootstrap_resamples} detector resamples"}
+                                        f"{cfg.bootstrap_resamples} detector resamples"
+                                        + (f" of {cfg.false_alarm_group} detectors" if cfg.false_alarm_group else "")}
     return {
         "operating_point": point.to_dict(),
         "at_operating_point": at_point,
