@@ -221,6 +221,17 @@ def test_eval_cli_on_a_csv_reproduces_the_report_and_skips_training_detectors(sm
     assert set(by_det) <= set(val) and len(by_det) == result["evaluation"]["detectors"]
     alarms, days = (sum(v[i] for v in by_det.values()) for i in (0, 1))
     assert alarms / days == pytest.approx(warn["false_alarms_per_detector_day"], rel=1e-3)
+    assert "training_detectors" not in result  # training streets only when asked
+
+    # asked: the two training streets on the same (never trained on) days, apart and marked; the held-out
+    # figures stay exactly as they were
+    assert main(["eval", "--model", str(out / "model.onnx"), "--data", str(csv), "--json", "--include-training"]) == 0
+    with_training = json.loads(capsys.readouterr().out)
+    seen = with_training.pop("training_detectors")
+    assert with_training == result
+    assert "not an evaluation of unseen streets" in seen["why"] and seen["evaluation"]["detectors"] == 2
+    assert seen["evaluation"]["eval_start_row"] == result["evaluation"]["eval_start_row"]
+    assert set(seen["warning_at_operating_point"]["false_alarms_by_detector"]) <= set(train[:2])
 
 
 def test_gate_trips_and_still_writes_the_report(smoke, data_dir, tmp_path, capsys):

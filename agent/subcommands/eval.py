@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     ev.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     ev.add_argument("--include-training", action="store_true",
-                    help="also score the folds the model or its teacher trained on (left out by default; the "
-                         "JSON names them under excluded, or under training_folds_scored when included)")
+                    help="also score what the model or its teacher trained on, marked as such (left out by "
+                         "default): noise folds (named under excluded, or training_folds_scored when included), "
+                         "congestion's training detectors on the evaluation days (apart, under training_detectors)")
     ev.set_defaults(func=run)
 
 
