@@ -67,3 +67,62 @@ def test_teacher_is_asked_once_per_view(clips):
     d.run(student, epochs=4, lr=1e-3, desc="test")
     # 6 clips x 2 views: epochs 3 and 4 reuse the views of epochs 1 and 2
     assert d.teacher_calls == 12 and sum(calls) == 12
+
+
+def _embedding_fit(weight: float) -> float:
+    """How well the student's embedding, after KD at ``weight``, linearly predicts the teacher's (R^2 over the
+    32 views it trained on, 5 regressors). The teacher's logits say nothing (zeros); only its embedding
+    carries the signal: a fixed mix of the clip's band energies."""
+    rng = np.random.default_rng(2)
+    t = np.arange(RATE) / RATE  # tones at random pitches: band energies that vary in many directions
+    clips = sum(0.2 * rng.uniform(0, 1, (32, 1)) * np.sin(2 * np.pi * rng.uniform(100, 7000, (32, 1)) * t)
+                for _ in range(3)).astype(np.float32)
+    torch.manual_seed(0)
+    bands = STUDENT_LOGMEL.n_mels
+    mix = torch.randn(bands, 4, generator=torch.Generator().manual_seed(1))
+
+    class Teacher(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x), 3), x.mean(dim=(1, 3)) @ mix
+
+    class Student(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = torch.nn.Linear(bands, 4), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            e = self.embed(x.mean(dim=(1, 3)))
+            return self.head(e), e
+
+    student, teacher = Student(), Teacher()
+    cfg = DistilSection(batch_size=8, views_per_clip=1, embedding_weight=weight, alpha=1.0, weight_decay=0.0,
+                        augment=AugmentSection(mixup_alpha=0, freq_mask=0, time_mask=0))
+    d = Distiller(teacher, STUDENT_LOGMEL, STUDENT_LOGMEL, clips, np.arange(32) % 3, 3, RATE, cfg, seed=0)
+    d.run(student, epochs=80, lr=3e-2, desc="test")
+    x = features([d.views(i, 0) for i in range(len(clips))], STUDENT_LOGMEL, RATE)
+    with torch.no_grad():
+        s, t = student(x)[1], teacher(x)[1]
+    s1 = torch.cat([s, torch.ones(len(s), 1)], 1)
+    fit = s1 @ torch.linalg.lstsq(s1, t).solution
+    return float(1 - ((t - fit) ** 2).sum() / ((t - t.mean(0)) ** 2).sum())
+
+
+def test_asked_to_the_student_learns_the_teachers_embedding_through_a_map_it_then_drops():
+    """``distil.embedding_weight``: 384 numbers per view instead of 10 logits for a pruned student to re-learn
+    from. Here the teacher's logits are all zero, so only the embedding term can teach the student anything
+    about its embedding; the linear map it is matched through is not part of the student."""
+    with_embedding, without = _embedding_fit(5.0), _embedding_fit(0.0)
+    assert with_embedding > 0.9 and without < 0.6
+
+
+def test_embedding_distillation_needs_a_student_with_an_embedding(clips):
+    class Teacher(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x), 3), torch.zeros(len(x), 4)
+
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    student(torch.zeros(1, 1, STUDENT_LOGMEL.n_mels, STUDENT_LOGMEL.frames(RATE)))
+    cfg = DistilSection(batch_size=3, embedding_weight=1.0)
+    d = Distiller(Teacher(), STUDENT_LOGMEL, STUDENT_LOGMEL, clips[0], clips[1], 3, RATE, cfg, seed=0)
+    with pytest.raises(ValueError, match="embedding_weight needs a student"):
+        d.run(student, epochs=1, lr=1e-3, desc="test")

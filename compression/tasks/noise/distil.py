@@ -6,7 +6,8 @@ masks over the same time and frequency ranges -- each through its own front-end.
 Views are seeded by (clip, view number), so view v of clip i is identical whenever it
 is drawn; the teacher's logits are cached per view and paid for once.
 
-Loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, mixup labels).
+Loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, mixup labels)
+       [+ embedding_weight * (1 - cos(W s_emb, t_emb)), W a linear map trained with the student, then dropped].
 """
 
 from __future__ import annotations
@@ -119,16 +120,18 @@ class Distiller:
         self.views = Views(waves, labels, n_classes, sample_rate, student_fe, cfg, seed)
         self.cfg, self.seed = cfg, seed
         self.cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.embeddings: dict[tuple[int, int], torch.Tensor] = {}  # only with cfg.embedding_weight
         self.epochs_done = 0  # picks the view number, so later runs reuse cached views
         self.teacher_calls = 0
 
     def state_dict(self) -> dict:
         """What a reused stage restores (``compression.chain.lineage``): the teacher's outputs so far and
         how many epochs ran (which picks the next epoch's views)."""
-        return {"cache": self.cache, "epochs_done": self.epochs_done, "teacher_calls": self.teacher_calls}
+        state = {"cache": self.cache, "epochs_done": self.epochs_done, "teacher_calls": self.teacher_calls}
+        return {**state, "embeddings": self.embeddings} if self.embeddings else state
 
     def load_state_dict(self, state: dict) -> None:
-        self.cache = dict(state["cache"])
+        self.cache, self.embeddings = dict(state["cache"]), dict(state.get("embeddings", {}))
         self.epochs_done, self.teacher_calls = state["epochs_done"], state["teacher_calls"]
 
     def teacher_logits(self, keys: list[tuple[int, int]], views: list[View]) -> torch.Tensor:
@@ -136,10 +139,14 @@ class Distiller:
         if missing:
             x = features([views[k] for k in missing], self.teacher_fe, self.sample_rate)
             with torch.inference_mode():
-                out = first_output(self.teacher(x.to(self.device))).cpu()
+                raw = self.teacher(x.to(self.device))
+            out = first_output(raw).cpu()
             self.teacher_calls += len(missing)
             for k, logits in zip(missing, out):
                 self.cache[keys[k]] = logits.clone()
+            if self.cfg.embedding_weight:  # _projection has checked that the teacher returns one
+                for k, emb in zip(missing, raw[1].cpu()):
+                    self.embeddings[keys[k]] = emb.clone()
         return torch.stack([self.cache[key] for key in keys])
 
     def run(self, student: nn.Module, epochs: int, lr: float, desc: str) -> list[dict]:
@@ -156,8 +163,11 @@ class Distiller:
 
     def _epochs(self, student: nn.Module, epochs: int, lr: float, desc: str) -> list[dict]:
         cfg, dev = self.cfg, self.device
-        opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr,
-                                weight_decay=cfg.weight_decay)
+        params = [p for p in student.parameters() if p.requires_grad]
+        project = self._projection(student) if cfg.embedding_weight else None
+        if project is not None:
+            params += list(project.parameters())
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         n = len(self.views.waves)
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         total, warmup = epochs * steps_per_epoch, steps_per_epoch // 2 + 1
@@ -177,14 +187,42 @@ class Distiller:
                 y = torch.from_numpy(np.stack([vw.target for vw in views])).to(dev)
                 for g in opt.param_groups:
                     g["lr"] = lr * warmup_cosine(step, total, warmup)
-                optimise(opt, self.loss(first_output(student(x)), teacher, y), losses, bar)
+                out = student(x)
+                loss = self.loss(first_output(out), teacher, y)
+                if project is not None:
+                    target = torch.stack([self.embeddings[key] for key in keys]).to(dev)
+                    loss = loss + cfg.embedding_weight * embedding_loss(project(out[1]), target)
+                optimise(opt, loss, losses, bar)
                 step += 1
             self.epochs_done += 1
             history.append({"run": desc, "epoch": epoch + 1, "train_loss": float(np.mean(losses))})
             tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['train_loss']:.4f}")
         return history
 
+    def _projection(self, student: nn.Module) -> nn.Module:
+        """A fresh linear map from the student's embedding width to the teacher's (seeded; dropped after the run)."""
+        widths = []
+        for model, fe in ((student, self.student_fe), (self.teacher, self.teacher_fe)):
+            was_training = model.training
+            model.eval()
+            with torch.inference_mode():
+                out = model(features([self.views(0, 0)], fe, self.sample_rate).to(self.device))
+            model.train(was_training)
+            if not isinstance(out, (tuple, list)) or len(out) < 2:
+                raise ValueError(f"distil.embedding_weight needs a {'student' if model is student else 'teacher'} "
+                                 f"that returns (logits, embedding)")
+            widths.append(out[1].shape[1])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + self.epochs_done)
+            return nn.Linear(*widths).to(self.device)
+
     def loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The shared KD loss, its hard term the cross-entropy against the mixup labels."""
         ce = torch.sum(-y * torch.log_softmax(logits, 1), 1).mean()
         return distillation_loss(logits, teacher_logits, ce, self.cfg.temperature, self.cfg.alpha)
+
+
+def embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean (1 - cosine) between the mapped student embeddings and the teacher's: direction only, so the
+    teacher's scale (which its own head absorbs) does not dominate the KD loss."""
+    return (1 - nn.functional.cosine_similarity(student, teacher, dim=1)).mean()

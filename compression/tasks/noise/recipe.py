@@ -67,6 +67,10 @@ class DistilSection(with_defaults(DistilBase, epochs=3, lr=5e-4, weight_decay=0.
     views_per_clip: int = Field(10, ge=1, description="distinct seeded augmented views per clip; the "
                                                      "teacher's outputs are cached per view and reused")
     augment: AugmentSection = AugmentSection()
+    embedding_weight: float = Field(0.0, ge=0, description="weight of matching the teacher's pooled embedding "
+                                    "(1 - cosine, through a linear map trained alongside and then dropped) on "
+                                    "top of the logits: 384 numbers per view instead of 10, for a pruned "
+                                    "student re-learning its late layers from ~1,000 clips; 0 = logits only")
 
 
 class BlockKeep(StrictModel):
