@@ -74,8 +74,8 @@ def _embedding_fit(weight: float) -> float:
     32 views it trained on, 5 regressors). The teacher's logits say nothing (zeros); only its embedding
     carries the signal: a fixed mix of the clip's band energies."""
     rng = np.random.default_rng(2)
-    t = np.arange(RATE) / RATE  # tones at random pitches: band energies that vary in many directions
-    clips = sum(0.2 * rng.uniform(0, 1, (32, 1)) * np.sin(2 * np.pi * rng.uniform(100, 7000, (32, 1)) * t)
+    time_s = np.arange(RATE) / RATE  # tones at random pitches: band energies that vary in many directions
+    clips = sum(0.2 * rng.uniform(0, 1, (32, 1)) * np.sin(2 * np.pi * rng.uniform(100, 7000, (32, 1)) * time_s)
                 for _ in range(3)).astype(np.float32)
     torch.manual_seed(0)
     bands = STUDENT_LOGMEL.n_mels

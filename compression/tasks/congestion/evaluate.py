@@ -218,7 +218,8 @@ def _predict(scorer) -> Predict:
 
 
 def _warnings_at(es: EvalSet, logits: np.ndarray, point: dict) -> dict:
-    return {**WarningPoint.from_dict(point).to_dict(), **at_operating_point(es, logits, WarningPoint.from_dict(point))}
+    wp = WarningPoint.from_dict(point)
+    return {**wp.to_dict(), **at_operating_point(es, logits, wp)}
 
 
 def _training_detectors(predict: Predict, es: EvalSet, point: dict | None) -> dict:

@@ -49,14 +49,13 @@ def at_operating_point(es, logits: np.ndarray, point: WarningPoint) -> dict:
     score = _model_score(es, logits, point)
     warn = _states(es, score, point)
     return {**_curve(es, {point.threshold: warn}, logits.argmax(1))[0], "release": point.release_at,
-            "warning_share": float(warn.mean()), "false_alarms_by_detector": by_detector_at(es, logits, point)}
+            "warning_share": float(warn.mean()), "false_alarms_by_detector": _by_detector(es, warn)}
 
 
-def by_detector_at(es, logits: np.ndarray, point: WarningPoint) -> dict:
-    """Per detector at ``point``: [false alarms, detector-days] (how the streets differ; a report's raw figures
+def _by_detector(es, warn: np.ndarray) -> dict:
+    """Per detector: [false alarms, detector-days] of ``warn`` (how the streets differ; a report's raw figures
     for any group-size question asked later)."""
     w, p = es.windows, es.params
-    warn = _states(es, _model_score(es, logits, point), point)
     dets, per = false_alarms_by_detector(warn, w.y_state, w.det, w.t, es.states, p.horizon_steps, p.step_s)
     return {str(es.table.ids[d]): [int(fa), round(float(days), 4)] for d, (fa, days) in zip(dets, per)}
 
