@@ -126,3 +126,41 @@ def test_embedding_distillation_needs_a_student_with_an_embedding(clips):
     d = Distiller(Teacher(), STUDENT_LOGMEL, STUDENT_LOGMEL, clips[0], clips[1], 3, RATE, cfg, seed=0)
     with pytest.raises(ValueError, match="embedding_weight needs a student"):
         d.run(student, epochs=1, lr=1e-3, desc="test")
+
+
+def test_with_ema_decay_a_run_ends_on_the_moving_average_of_its_steps_weights(clips):
+    """``distil.ema_decay``: the student trains exactly as without it, and is left holding the per-step
+    exponential moving average of its weights (the first step's weights, then d * average + (1 - d) * step)."""
+
+    class Recorded(torch.nn.Module):
+        """A linear student that notes the weights each training forward sees (those after the previous step)."""
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.linear, self.seen = torch.nn.Linear(STUDENT_LOGMEL.n_mels, 3), []
+
+        def forward(self, x):
+            if self.training:
+                self.seen.append(self.linear.weight.detach().clone())
+            return self.linear(x.mean(dim=(1, 3)))
+
+    class Teacher(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x), 3)
+
+    def run(decay: float) -> Recorded:
+        student = Recorded()
+        cfg = DistilSection(batch_size=2, views_per_clip=1, ema_decay=decay)
+        d = Distiller(Teacher(), STUDENT_LOGMEL, STUDENT_LOGMEL, clips[0], clips[1], 3, RATE, cfg, seed=0)
+        d.run(student, epochs=2, lr=1e-2, desc="test")
+        return student
+
+    plain, averaged = run(0.0), run(0.6)
+    assert all(torch.equal(a, b) for a, b in zip(plain.seen, averaged.seen))  # the same training
+    steps = plain.seen[1:] + [plain.linear.weight.detach()]  # the weights after each of the 6 steps
+    expected = steps[0]
+    for w in steps[1:]:
+        expected = 0.6 * expected + 0.4 * w
+    assert len(steps) == 6 and not torch.allclose(expected, steps[-1])
+    assert torch.allclose(averaged.linear.weight, expected, atol=1e-6)

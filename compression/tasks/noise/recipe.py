@@ -71,6 +71,9 @@ class DistilSection(with_defaults(DistilBase, epochs=3, lr=5e-4, weight_decay=0.
                                     "(1 - cosine, through a linear map trained alongside and then dropped) on "
                                     "top of the logits: 384 numbers per view instead of 10, for a pruned "
                                     "student re-learning its late layers from ~1,000 clips; 0 = logits only")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="keep an exponential moving average of the weights "
+                             "(per step) and end each run (the distillation, each prune step) on it, as the "
+                             "teacher's fine-tuning does; 0 = off (the last step's weights)")
 
 
 class BlockKeep(StrictModel):
