@@ -12,13 +12,13 @@ Loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, mixu
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from agent.features.audio import LogMelParams, band_centres_hz, frame_centres_s, log_mel
@@ -26,7 +26,7 @@ from agent.features.resample import resample
 
 from compression.tasks.noise.recipe import DistilSection
 from compression.distillation import distillation_loss
-from compression.schedule import optimise, warmup_cosine
+from compression.schedule import ema_update, optimise, warmup_cosine
 
 
 def first_output(out) -> torch.Tensor:
@@ -173,8 +173,7 @@ class Distiller:
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         total, warmup = epochs * steps_per_epoch, steps_per_epoch // 2 + 1
         gen = torch.Generator().manual_seed(self.seed + self.epochs_done)
-        # buffers (BatchNorm statistics) are not averaged: the average follows the student's own
-        ema = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None
+        ema = None  # with cfg.ema_decay: the weight average, from the first step's weights on
         history, step = [], 0
         for epoch in range(epochs):
             v = self.epochs_done % cfg.views_per_clip
@@ -196,14 +195,17 @@ class Distiller:
                     target = torch.stack([self.embeddings[key] for key in keys]).to(dev)
                     loss = loss + cfg.embedding_weight * embedding_loss(project(out[1]), target)
                 optimise(opt, loss, losses, bar)
-                if ema is not None:
-                    ema.update_parameters(student)
+                if cfg.ema_decay:
+                    if ema is None:
+                        ema = copy.deepcopy(student)
+                    else:
+                        ema_update(ema, student, cfg.ema_decay)
                 step += 1
             self.epochs_done += 1
             history.append({"run": desc, "epoch": epoch + 1, "train_loss": float(np.mean(losses))})
             tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['train_loss']:.4f}")
         if ema is not None:
-            student.load_state_dict(ema.module.state_dict())
+            student.load_state_dict(ema.state_dict())
         return history
 
     def _projection(self, student: nn.Module) -> nn.Module:

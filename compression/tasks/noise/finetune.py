@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from compression.schedule import warmup_cosine
+from compression.schedule import ema_update, warmup_cosine
 from compression.tasks.noise.mn04 import MN
 from compression.tasks.noise.teacher_recipe import AugmentSection, TeacherRecipe
 
@@ -120,15 +120,6 @@ def predict(model: MN, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch].to(dev))[0].cpu() for i in range(0, len(x), batch)])
 
 
-def _ema_update(ema: MN, model: MN, decay: float) -> None:
-    with torch.no_grad():
-        for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
-            if e.dtype.is_floating_point:
-                e.mul_(decay).add_(m, alpha=1 - decay)
-            else:
-                e.copy_(m)
-
-
 def train(model: MN, x_train: torch.Tensor, y_train: torch.Tensor, recipe: TeacherRecipe,
           evaluate: Callable[[MN], float], device: str | torch.device = "cpu") -> tuple[MN, list[dict]]:
     """Fine-tune in place on ``device``; return the weights to keep (the EMA when on), on the CPU,
@@ -173,7 +164,7 @@ def train(model: MN, x_train: torch.Tensor, y_train: torch.Tensor, recipe: Teach
             opt.step()
             step += 1
             if ema is not None:
-                _ema_update(ema, model, recipe.ema_decay)
+                ema_update(ema, model, recipe.ema_decay)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         acc = evaluate(kept)
