@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from agent.features.audio import STUDENT_LOGMEL, TEACHER_LOGMEL, band_centres_hz
-from compression.tasks.noise.distil import Distiller, Views, features
-from compression.tasks.noise.recipe import DistilSection
-from compression.tasks.noise.teacher_recipe import AugmentSection
+from compression.tasks.noise.distil import Distiller, Views, change_speed, features
+from compression.tasks.noise.recipe import DistilSection, ViewAugmentSection
 
 RATE = 16000
 
@@ -21,7 +20,7 @@ def clips() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _views(clips, **augment) -> Views:
-    cfg = DistilSection(augment=AugmentSection(**augment))
+    cfg = DistilSection(augment=ViewAugmentSection(**augment))
     return Views(clips[0], clips[1], 3, RATE, STUDENT_LOGMEL, cfg, seed=7)
 
 
@@ -36,6 +35,24 @@ def test_mixup_labels_sum_to_one_and_favour_the_clip(clips):
     v = _views(clips, mixup_alpha=0.4)(0, 1)
     assert v.target.sum() == pytest.approx(1.0)
     assert v.target[clips[1][0]] >= 0.5
+
+
+def test_speed_perturbation_moves_pitch_and_keeps_the_clips_length():
+    tone = np.sin(2 * np.pi * 1000 * np.arange(RATE) / RATE).astype(np.float32)
+    for factor in (0.9, 1.13):
+        faster = change_speed(tone, factor)
+        peak_hz = np.argmax(np.abs(np.fft.rfft(faster[:RATE // 2]))) * 2  # 2 Hz bins over half a second
+        assert faster.shape == tone.shape and faster.dtype == np.float32
+        assert peak_hz == pytest.approx(1000 * factor, abs=4)
+
+
+def test_speed_perturbation_leaves_every_other_draw_of_a_view_as_it_was(clips):
+    """``augment.speed`` is drawn after everything else: turning it on changes the sound, not the mixup
+    partner, the masks or the label of view v of clip i (so runs without it reproduce older ones)."""
+    plain, fast = _views(clips, mixup_alpha=0.4)(3, 2), _views(clips, mixup_alpha=0.4, speed=0.1)(3, 2)
+    assert plain.freq_hz == fast.freq_hz and plain.time_s == fast.time_s
+    assert np.array_equal(plain.target, fast.target)
+    assert fast.wave.shape == plain.wave.shape and not np.allclose(fast.wave, plain.wave)
 
 
 def test_masks_cover_the_same_hertz_in_both_front_ends(clips):
@@ -96,7 +113,7 @@ def _embedding_fit(weight: float) -> float:
 
     student, teacher = Student(), Teacher()
     cfg = DistilSection(batch_size=8, views_per_clip=1, embedding_weight=weight, alpha=1.0, weight_decay=0.0,
-                        augment=AugmentSection(mixup_alpha=0, freq_mask=0, time_mask=0))
+                        augment=ViewAugmentSection(mixup_alpha=0, freq_mask=0, time_mask=0))
     d = Distiller(teacher, STUDENT_LOGMEL, STUDENT_LOGMEL, clips, np.arange(32) % 3, 3, RATE, cfg, seed=0)
     d.run(student, epochs=80, lr=3e-2, desc="test")
     x = features([d.views(i, 0) for i in range(len(clips))], STUDENT_LOGMEL, RATE)

@@ -6,12 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from compression import prune
 from compression.tasks.noise.chain import _example, prune_stage
 from compression.recipe import load_recipe
 from compression.tasks.noise.students import BUILDERS
-from compression.tasks.noise.mn04 import MN
+from compression.tasks.noise import reconstruct
+from compression.tasks.noise.mn04 import MN, InvertedResidual
+from compression.tasks.noise.recipe import PrunePlan
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_RECIPE = REPO / "compression" / "recipes" / "noise.yaml"
@@ -46,3 +49,41 @@ def test_the_least_squares_pruner_refuses_a_student_it_cannot_re_fit():
     recipe = recipe.model_copy(update={"prune": recipe.prune.model_copy(update={"method": "reconstruct"})})
     with pytest.raises(ValueError, match="TruncatedTeacher: use prune.method magnitude"):
         prune_stage(student, recipe, _example(recipe.student.frontend, 4.0), None, None, 83_738)
+
+
+def _slim():
+    recipe = load_recipe(REPO / "compression" / "recipes" / "noise_170k.yaml")
+    torch.manual_seed(0)
+    return BUILDERS["slim_teacher"](MN(n_classes=10).eval(), 10, 103, recipe.student), recipe
+
+
+def _plan(blocks: dict) -> PrunePlan:
+    return PrunePlan(blocks=blocks)
+
+
+def test_a_plan_can_drop_a_residual_block_whole_on_the_last_step_of_a_cut():
+    """``prune.plan.blocks.N.drop``: depth instead of width. The block becomes its skip path, every
+    parameter it had is gone, and the network still maps a clip to logits; a gradual cut drops it on its
+    last step only, so the earlier steps train with it."""
+    student, recipe = _slim()
+    x = torch.randn(16, 1, 103, 200, generator=torch.Generator().manual_seed(0))
+    before = sum(p.numel() for p in student.parameters())
+    block = sum(p.numel() for p in student.body.features[15].parameters())
+    widths = reconstruct.widths(student)
+    reconstruct.apply_plan(student, x, widths, _plan({15: {"drop": True}}), fraction=0.5)
+    assert isinstance(student.body.features[15], InvertedResidual)
+    reconstruct.apply_plan(student, x, widths, _plan({15: {"drop": True}}), fraction=1.0)
+    assert isinstance(student.body.features[15], torch.nn.Identity)
+    assert sum(p.numel() for p in student.parameters()) == before - block
+    assert 15 not in reconstruct.widths(student)["blocks"]
+    logits, _ = student(_example(recipe.student.frontend, 4.0))
+    assert logits.shape == (1, 10) and torch.isfinite(logits).all()
+
+
+def test_only_a_residual_block_can_be_dropped_and_a_dropped_block_takes_no_widths():
+    student, _ = _slim()
+    x = torch.randn(4, 1, 103, 200)
+    with pytest.raises(ValueError, match=r"prune.plan.blocks.13.drop: only a residual block"):
+        reconstruct.apply_plan(student, x, reconstruct.widths(student), _plan({13: {"drop": True}}))
+    with pytest.raises(ValidationError, match="drop: true removes the whole block"):
+        _plan({14: {"drop": True, "keep": 0.5}})

@@ -248,7 +248,7 @@ class NoiseTail(Tail):
         lost = self.tuning_loss(stage, path)
         n, max_drop = len(self.run.tune_clips), self.recipe.gate.max_drop
         if lost <= max_drop:
-            return True, f"{lost:+.2f} points against FP32 on the {n} tuning clips (gate.max_drop {max_drop})"
+            return True, f"{-lost:+.2f} points against FP32 on the {n} tuning clips (gate.max_drop {max_drop})"  # a change: - is a loss
         return False, f"loses {lost:.2f} points against FP32 on the {n} tuning clips (gate.max_drop {max_drop})"
 
     def retry(self, target: Target) -> tuple[str, Path] | None:

@@ -79,7 +79,16 @@ class Views:
                 w = int(rng.integers(min(a.time_mask, n_t))); s = int(rng.integers(n_t - w + 1))  # noqa: E702
                 if w:
                     time.append((self.frame_s[s], self.frame_s[s + w - 1]))
+        if a.speed:  # drawn last, so views without it are the same as before it existed
+            x = change_speed(x, 1 + rng.uniform(-a.speed, a.speed))
         return View(np.clip(x, -1, 1).astype(np.float32), y, tuple(freq), tuple(time))
+
+
+def change_speed(wave: np.ndarray, factor: float) -> np.ndarray:
+    """``wave`` played ``factor`` times faster (to the nearest 1 %), tiled or cut back to its own length: clips
+    are repeat-padded, so a tiled clip is a valid one."""
+    played = resample(wave, int(round(100 * factor)), 100)
+    return np.resize(played, wave.shape).astype(np.float32)  # np.resize repeats the array to fill
 
 
 def features(views: list[View], params: LogMelParams, source_rate: int) -> torch.Tensor:

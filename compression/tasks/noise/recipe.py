@@ -60,13 +60,21 @@ class BudgetSection(with_defaults(BudgetBase, max_params=128_000)):
     max_macs_per_second: float = Field(30e6, gt=0, description="multiply-accumulates per second of audio")
 
 
+class ViewAugmentSection(AugmentSection):
+    """The teacher's augmentations, plus what only a waveform-domain view can do."""
+    speed: float = Field(0.0, ge=0, le=0.3, description="speed perturbation: each view is resampled by a factor "
+                         "drawn in [1 - speed, 1 + speed] (pitch and tempo move together, as a closer or "
+                         "differently tuned engine, siren or drill would), then tiled back to the clip's length; "
+                         "0 = off")
+
+
 class DistilSection(with_defaults(DistilBase, epochs=3, lr=5e-4, weight_decay=0.02, batch_size=32, alpha=0.7)):
     freeze_bn: bool = Field(True, description="keep BatchNorm statistics fixed while training: the pruning "
                                               "re-fits are calibrated against them, and ~900 clips are too few "
                                               "to re-estimate them")
     views_per_clip: int = Field(10, ge=1, description="distinct seeded augmented views per clip; the "
                                                      "teacher's outputs are cached per view and reused")
-    augment: AugmentSection = AugmentSection()
+    augment: ViewAugmentSection = ViewAugmentSection()
     embedding_weight: float = Field(0.0, ge=0, description="weight of matching the teacher's pooled embedding "
                                     "(1 - cosine, through a linear map trained alongside and then dropped) on "
                                     "top of the logits: 384 numbers per view instead of 10, for a pruned "
@@ -77,9 +85,18 @@ class DistilSection(with_defaults(DistilBase, epochs=3, lr=5e-4, weight_decay=0.
 
 
 class BlockKeep(StrictModel):
-    keep: float = Field(gt=0, le=1, description="fraction of the block's expanded channels kept (rounded to 8)")
+    keep: float = Field(1.0, gt=0, le=1, description="fraction of the block's expanded channels kept (rounded to 8)")
     se_keep: float = Field(1.0, ge=0, le=1, description="fraction of its squeeze-excitation bottleneck kept; "
                                                         "0 removes the SE (the projection re-fit absorbs its mean gate)")
+    drop: bool = Field(False, description="remove the whole block (residual blocks only: its skip path carries "
+                                          "the input on), spending its parameters on the blocks around it; the "
+                                          "layers after it are re-fitted as usual")
+
+    @model_validator(mode="after")
+    def _drop_alone(self) -> "BlockKeep":
+        if self.drop and (self.keep != 1.0 or self.se_keep != 1.0):
+            raise ValueError("drop: true removes the whole block; keep and se_keep say nothing then, leave them out")
+        return self
 
 
 class PrunePlan(StrictModel):

@@ -224,6 +224,19 @@ def widths(student: nn.Module) -> dict:
             "hidden": student.body.classifier[2].out_features}
 
 
+def drop_block(student: nn.Module, block_index: int, fraction: float = 1.0,
+               progress: Callable[[str], None] = log.info) -> None:
+    """Replace residual block ``block_index`` by its skip path (on the last step of a gradual cut; the blocks
+    after it are then pruned, and re-fitted, on the inputs it no longer changes)."""
+    blk = student.body.features[block_index]
+    if not getattr(blk, "use_residual", False):
+        raise ValueError(f"prune.plan.blocks.{block_index}.drop: only a residual block can be dropped (its input "
+                         f"and output shapes match); block {block_index} changes the shape")
+    if fraction >= 1:
+        student.body.features[block_index] = nn.Identity()
+        progress(f"block {block_index}: dropped")
+
+
 def apply_plan(student: nn.Module, x: torch.Tensor, original_widths: dict, plan, fraction: float = 1.0,
                progress: Callable[[str], None] = log.info) -> dict:
     """Prune ``student`` in place towards ``plan`` (a recipe PrunePlan): after this call block i keeps
@@ -236,6 +249,9 @@ def apply_plan(student: nn.Module, x: torch.Tensor, original_widths: dict, plan,
         if i not in now["blocks"]:
             raise ValueError(f"prune.plan.blocks.{i}: not an expanding inverted-residual block "
                              f"(those are {sorted(now['blocks'])})")
+        if spec.drop:
+            drop_block(student, i, fraction, progress)
+            continue
         (w0, s0), (w, s) = original_widths["blocks"][i], now["blocks"][i]
         se_keep = None
         if s:  # the SE still exists: shrink it, or remove it on the last step when the plan says 0
