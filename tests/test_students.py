@@ -80,7 +80,7 @@ def test_a_plan_can_drop_a_residual_block_whole_on_the_last_step_of_a_cut():
     assert logits.shape == (1, 10) and torch.isfinite(logits).all()
 
 
-def test_only_a_residual_block_can_be_dropped_and_a_dropped_block_takes_no_widths():
+def test_only_a_residual_block_can_be_dropped_and_a_drop_takes_no_keep_fractions():
     student, _ = _slim()
     x = torch.randn(4, 1, 103, 200)
     with pytest.raises(ValueError, match=r"prune.plan.blocks.13.drop: only a residual block"):
