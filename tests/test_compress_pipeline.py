@@ -312,3 +312,42 @@ def test_any_torch_teacher_with_its_own_frontend(data_dir, tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["inputs"]["teacher"] == "UserTeacher" and len(manifest["inputs"]["teacher_state_sha256"]) == 64
     assert load_contract(tmp_path / "out" / "model.onnx").labels == tuple(labels)
+
+
+def test_a_student_taught_by_out_of_fold_teachers_records_them_and_every_fold_they_heard(data_dir, tmp_path,
+                                                                                          capsys):
+    """Two teachers, one that heard fold 1 and one that heard fold 3: every training clip has one that did
+    not hear it. The manifest names both (they are inputs of the distillation) and eval leaves out every fold
+    either heard. When a clip was heard by all of them the run stops before training, naming the clip."""
+    import shutil
+
+    from compression.tasks.noise import urbansound
+
+    root = urbansound.find_root(data_dir)
+    by_fold = {f: [c.path.relative_to(root).as_posix() for c in urbansound.list_clips(root, [f])]
+               for f in ("fold1", "fold3") if f in urbansound.available_folds(root)}
+    shipped_teacher = REPO / "compression" / "teachers" / "weights" / "noise-mn04" / "teacher.pt"
+
+    def teacher(name: str, heard: list[str]) -> str:
+        (tmp_path / name).mkdir()
+        shutil.copy(shipped_teacher, tmp_path / name / "teacher.pt")
+        (tmp_path / name / "splits.json").write_text(json.dumps({"val_fold": "fold2", "train": heard, "val": []}))
+        return str(tmp_path / name / "teacher.pt")
+
+    everything = [c for clips in by_fold.values() for c in clips]
+    teachers = [teacher(f"heard-{fold}", clips) for fold, clips in by_fold.items()]
+    if len(teachers) == 1:  # fold 3 not here: a second teacher that heard nothing
+        teachers.append(teacher("heard-nothing", []))
+    args = ["compress", "--recipe", str(RECIPE), "--data", str(data_dir), "--work", str(tmp_path / "work"),
+            *LENIENT, "--set", "data.max_clips=16", "--set", "distil.epochs=1", "--set", "prune.enabled=false",
+            "--set", "quantise.enabled=false", "--set", "engine.enabled=false", "--set", "data.calibration_clips=8",
+            "--set", "budget.max_params=1000000"]  # not pruned: the plumbing is what is checked
+    assert main([*args, "--out", str(tmp_path / "out"), "--set", f"teacher.out_of_fold=[{', '.join(teachers)}]"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [t["teacher"] for t in manifest["inputs"]["out_of_fold"]] == [f"{Path(t).parent.name}/teacher.pt"
+                                                                         for t in teachers]
+    assert set(manifest["training_folds"]) == set(by_fold)
+
+    heard_all = teacher("heard-all", everything)
+    assert main([*args, "--out", str(tmp_path / "out2"), "--set", f"teacher.out_of_fold=[{heard_all}]"]) == 2
+    assert "16 of 16 training clips were heard by every one of these teachers" in capsys.readouterr().err

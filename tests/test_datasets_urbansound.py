@@ -206,6 +206,22 @@ def test_data_root_or_the_clip_folder_itself_are_both_accepted(tmp_path, monkeyp
     assert urbansound.find_root(named) == named.resolve()
 
 
+def test_recordings_are_dealt_whole_into_parts_with_every_class_in_each(tmp_path):
+    """What out-of-fold teachers rely on: a recording's slices stay in one part, the parts cover every
+    clip, each class is spread over the parts, and the same seed deals the same way."""
+    clips = [Clip(tmp_path / f"{fsid}-{label}-0-{s}.flac", "fold1", label, str(fsid))
+             for label in range(3) for fsid in range(100 * label, 100 * label + 7) for s in range(1 + fsid % 4)]
+    part = urbansound.deal_recordings(clips, 3, seed=0)
+    assert set(part) == {0, 1, 2}
+    for fsid in {c.fsid for c in clips}:
+        assert len({p for c, p in zip(clips, part) if c.fsid == fsid}) == 1
+    for label in range(3):
+        recordings = [sorted({c.fsid for c, p in zip(clips, part) if c.label == label and p == k}) for k in range(3)]
+        assert sorted(len(r) for r in recordings) == [2, 2, 3]  # 7 recordings: as even as 3 parts allow
+    assert urbansound.deal_recordings(clips, 3, seed=0) == part
+    assert urbansound.deal_recordings(clips, 3, seed=1) != part
+
+
 # --- the real data --------------------------------------------------------------------
 
 

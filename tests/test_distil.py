@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agent.features.audio import STUDENT_LOGMEL, TEACHER_LOGMEL, band_centres_hz
-from compression.tasks.noise.distil import Distiller, Views, change_speed, features
+from compression.tasks.noise.distil import Distiller, Sources, Views, change_speed, features
 from compression.tasks.noise.recipe import DistilSection, ViewAugmentSection
 
 RATE = 16000
@@ -84,6 +84,37 @@ def test_teacher_is_asked_once_per_view(clips):
     d.run(student, epochs=4, lr=1e-3, desc="test")
     # 6 clips x 2 views: epochs 3 and 4 reuse the views of epochs 1 and 2
     assert d.teacher_calls == 12 and sum(calls) == 12
+
+
+class Constant(torch.nn.Module):
+    """A teacher that says the same logits of every clip."""
+
+    def __init__(self, logits: list[float]):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def test_each_clip_learns_from_the_mean_of_its_own_teachers(clips):
+    a, b = Constant([3.0, 0.0, 0.0]), Constant([0.0, 3.0, 0.0])
+    reference = Constant([0.0, 0.0, 9.0])  # scored against, never learnt from when sources are given
+    sources = Sources((a, b), ((0,), (1,), (0, 1), (1,), (0,), (0, 1)))
+    d = Distiller(reference, STUDENT_LOGMEL, STUDENT_LOGMEL, clips[0], clips[1], 3, RATE, DistilSection(), seed=0,
+                  sources=sources)
+    keys = [(i, 0) for i in range(6)]
+    got = d.teacher_logits(keys, [d.views(i, v) for i, v in keys])
+    want = torch.tensor([[3, 0, 0], [0, 3, 0], [1.5, 1.5, 0], [0, 3, 0], [3, 0, 0], [1.5, 1.5, 0]])
+    assert torch.equal(got, want.float())
+
+
+def test_a_clip_without_a_teacher_is_refused_before_any_training(clips):
+    with pytest.raises(ValueError, match="1 training clip.*no teacher.*clip 2"):
+        Sources((Constant([0.0, 0.0, 0.0]),), ((0,), (0,), (), (0,), (0,), (0,)))
+    with pytest.raises(ValueError, match="for 2 clips, not the 6"):
+        Distiller(Constant([0.0, 0.0, 0.0]), STUDENT_LOGMEL, STUDENT_LOGMEL, clips[0], clips[1], 3, RATE,
+                  DistilSection(), seed=0, sources=Sources((Constant([0.0, 0.0, 0.0]),), ((0,), (0,))))
 
 
 def _embedding_fit(weight: float) -> float:

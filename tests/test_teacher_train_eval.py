@@ -129,3 +129,20 @@ def test_shipped_teacher_reproduces_its_report_on_fold2(data_dir, capsys):
     assert result["n"] == report["n_val"] == 888
     assert result["accuracy"] == pytest.approx(report["fine_tuned"]["accuracy"], abs=2e-3)
     assert result["accuracy"] >= 0.75  # the issue's target for the noise teacher
+
+
+def test_a_holdout_teacher_never_hears_the_recordings_it_leaves_out(data_dir, tmp_path):
+    """``--holdout K/N``: one of N parts of the training recordings is left out whole and listed, so that a
+    student can learn those clips from this teacher (``teacher.out_of_fold``)."""
+    rc = main(["teacher", "train", "--task", "noise", "--data", str(data_dir), "--out", str(tmp_path),
+               "--epochs", "1", "--max-clips", "8", "--holdout", "1/3"])
+    assert rc == 0
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    held, heard = set(splits["held_out"]), set(splits["train"])
+    assert held and heard and not held & heard
+    recording = lambda path: Path(path).name.split("-")[0]  # noqa: E731
+    assert not {recording(p) for p in held} & {recording(p) for p in heard}
+    assert json.loads((tmp_path / "report.json").read_text())["held_out_clips"] == len(held)
+    assert json.loads((tmp_path / "manifest.json").read_text())["recipe"]["holdout"] == {"parts": 3, "part": 1,
+                                                                                        "seed": 0}
+    assert main(["teacher", "train", "--task", "noise", "--out", str(tmp_path / "x"), "--holdout", "3/3"]) == 2  # no such part

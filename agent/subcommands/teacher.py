@@ -19,9 +19,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--recipe", help="teacher recipe YAML (default: the task's own)")
     train.add_argument("--epochs", type=int, help="override the recipe's epochs")
     train.add_argument("--max-clips", type=int, help="use only N clips per split (smoke runs)")
+    train.add_argument("--holdout", metavar="PART/PARTS", type=_holdout,
+                       help="an out-of-fold teacher: deal the training recordings into PARTS parts and leave "
+                            "part PART (0-based) out, e.g. 0/3 (the recipe's holdout key)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="where torch trains: a GPU when one is visible (auto, default), or the one named")
     train.set_defaults(func=run)
+
+
+def _holdout(text: str) -> dict:
+    part, sep, parts = text.partition("/")
+    if not (sep and part.strip().isdigit() and parts.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PART/PARTS, e.g. 0/3")
+    return {"part": int(part), "parts": int(parts)}  # the recipe's schema checks the range
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"roadside: teacher train: --task {args.task!r}: no teacher trainer (tasks with one: {trainers})",
               file=sys.stderr)
         return 2
-    overrides = {k: v for k, v in {"epochs": args.epochs, "max_clips": args.max_clips}.items() if v is not None}
+    overrides = {k: v for k, v in {"epochs": args.epochs, "max_clips": args.max_clips,
+                                   "holdout": args.holdout}.items() if v is not None}
     print(train(args.data, Path(args.out), Path(args.recipe) if args.recipe else None, device=args.device,
                 **overrides))
     return 0

@@ -89,11 +89,20 @@ def run_noise(recipe: CompressionRecipe, recipe_path: Path, data=None, out: Path
     """The recipe's teacher (a checkpoint or a Hugging Face model folder) through the noise chain."""
     if recipe.teacher.huggingface is not None:
         return _run_huggingface(recipe, recipe_path, data, out, work, device)
-    teacher_path = Path(recipe.teacher.checkpoint)
-    teacher_path = teacher_path if teacher_path.is_absolute() else REPO / teacher_path
+    teacher_path = _path(recipe.teacher.checkpoint)
     teacher, tcfg = load_checkpoint(teacher_path)
+    oof = None
+    if recipe.teacher.out_of_fold:
+        from compression.tasks.noise import out_of_fold
+
+        oof = out_of_fold.load([_path(p) for p in recipe.teacher.out_of_fold], tcfg["frontend"], list(tcfg["labels"]))
     return compress(teacher, tcfg["frontend"], list(tcfg["labels"]), recipe, data, out, work,
-                    recipe_path=recipe_path, teacher_path=teacher_path, device=device)
+                    recipe_path=recipe_path, teacher_path=teacher_path, device=device, out_of_fold=oof)
+
+
+def _path(p: str) -> Path:
+    """A recipe's path: absolute, or relative to the repository."""
+    return Path(p) if Path(p).is_absolute() else REPO / p
 
 
 def _run_huggingface(recipe: CompressionRecipe, recipe_path: Path, data=None, out: Path | None = None,
@@ -102,8 +111,7 @@ def _run_huggingface(recipe: CompressionRecipe, recipe_path: Path, data=None, ou
     data's label order; how faithfully our front-end feeds it is measured against optimum's export."""
     from compression.tasks.noise import huggingface
 
-    path = Path(recipe.teacher.huggingface)
-    path = path if path.is_absolute() else REPO / path
+    path = _path(recipe.teacher.huggingface)
     teacher = huggingface.load_teacher(path, list(urbansound.LABELS))
     work = Path(work or REPO / "runs" / recipe.name)
     root, _, val = _splits(recipe, data)
@@ -136,6 +144,8 @@ class Run:
     teacher_identity: dict = field(default_factory=dict)  # the manifest's inputs: which teacher
     calib: np.ndarray | None = None  # student log-mel of the calibration clips
     history: list = field(default_factory=list)
+    sources: object = None  # distil.Sources: each clip's teachers, when not the reference teacher alone
+    teacher_folds: set = field(default_factory=set)  # folds the KD teachers trained on besides the reference's
 
     @property
     def sfe(self) -> dict:
@@ -192,19 +202,24 @@ def compress(teacher: torch.nn.Module, teacher_frontend: dict, labels: list[str]
              data=None, out: Path | None = None, work: Path | None = None, *,
              recipe_path: Path | None = None, teacher_path: Path | None = None,
              teacher_inputs: dict | None = None, report_extra: dict | None = None,
-             device: str | torch.device = "auto") -> dict:
+             device: str | torch.device = "auto", out_of_fold=None) -> dict:
     """Compress any PyTorch teacher: ``teacher(x)`` maps log-mel (B, 1, n_mels, T) from
     ``teacher_frontend`` (a LogMelParams dict) to logits over ``labels`` (or a tuple whose
     first item is the logits). ``teacher_inputs`` names the teacher in the manifest when it is
     not one file (default: ``teacher_path``'s sha256, else a hash of its weights);
     ``report_extra`` is added to the report. ``device`` (auto | cpu | cuda[:N]) is where training
     runs; scoring, pruning, quantisation and export run on the CPU. Returns the report; raises
-    GateFailed when the result must not ship.
+    GateFailed when the result must not ship. ``out_of_fold`` (``out_of_fold.OutOfFold``): teachers the
+    student learns from instead, each clip from those that never trained on it.
     """
     t_start = time.time()
     teacher = teacher.eval()
     run = _setup(teacher_frontend, labels, recipe, data, out, work, device)
     run.teacher_identity = _teacher_identity(teacher, teacher_path, teacher_inputs)
+    if out_of_fold is not None:
+        run.sources = out_of_fold.sources(run.train, run.root)
+        run.teacher_identity = {**run.teacher_identity, "out_of_fold": out_of_fold.identity()}
+        run.teacher_folds = out_of_fold.folds()
     _teacher_stage(run, teacher)                                   # 1. the reference
     student, distiller = _distil_stage(run, teacher)               # 2. distilled on the teacher's views
     fp32_onnx, prune_log, parity = _prune_and_export(run, student, distiller)  # 3. pruned, KD fine-tuned
@@ -279,7 +294,8 @@ def _distil_stage(run: Run, teacher: torch.nn.Module) -> tuple[torch.nn.Module, 
     student = BUILDERS[recipe.student.type](teacher, len(run.labels), example.shape[2], recipe.student)
     y = np.array([c.label for c in run.train])
     distiller = Distiller(teacher, LogMelParams.from_dict(run.teacher_frontend), LogMelParams.from_dict(run.sfe),
-                          run.waves, y, len(run.labels), SOURCE_RATE, recipe.distil, recipe.seed, device=run.device)
+                          run.waves, y, len(run.labels), SOURCE_RATE, recipe.distil, recipe.seed, device=run.device,
+                          sources=run.sources)
     config = {"student": recipe.student.model_dump(), "distil": recipe.distil.model_dump(), "seed": recipe.seed,
               "threads": recipe.threads, "teacher_frontend": run.teacher_frontend, "device": run.device.type}
     inputs = {"teacher": sha256_json(run.teacher_identity), "train": urbansound.data_list_sha256(run.train, run.root)}
@@ -418,5 +434,5 @@ def write_artefacts(run: Run, tail: NoiseTail, outcome: Outcome, recipe_path, pa
                               f"precision; {recipe.data.val_fold} only scores and gates"},
             "prune_steps": prune_log, "teacher_forward_clips": teacher_calls, "device": str(run.device),
             "calibration_clips": [c.path.relative_to(root).as_posix() for c in run.calib_clips], **report_extra},
-        manifest_extra={"training_folds": _training_folds(run.train, teacher_path),
+        manifest_extra={"training_folds": sorted(set(_training_folds(run.train, teacher_path)) | run.teacher_folds),
                         "macs_per_second": shipped["macs_per_second"]})

@@ -4,7 +4,8 @@
 the same augmented clip -- the same roll, gain and mixup partner in the waveform, and
 masks over the same time and frequency ranges -- each through its own front-end.
 Views are seeded by (clip, view number), so view v of clip i is identical whenever it
-is drawn; the teacher's logits are cached per view and paid for once.
+is drawn; the teacher's logits are cached per view and paid for once. A clip may learn from
+other teachers than the reference (``Sources``): out-of-fold teachers that never heard it.
 
 Loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, mixup labels)
        [+ embedding_weight * (1 - cos(W s_emb, t_emb)), W a linear map trained with the student, then dropped].
@@ -32,6 +33,19 @@ from compression.schedule import ema_update, optimise, warmup_cosine
 def first_output(out) -> torch.Tensor:
     """Logits, whether a model returns them alone or first in a tuple (mn04 returns (logits, embedding))."""
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Which teachers each training clip learns from: the mean of the logits of ``teachers[k]`` for every
+    ``k`` in ``of_clip[i]``."""
+    teachers: tuple[nn.Module, ...]
+    of_clip: tuple[tuple[int, ...], ...]  # per training clip, indices into teachers
+
+    def __post_init__(self):
+        bad = [i for i, ks in enumerate(self.of_clip) if not ks or not all(0 <= k < len(self.teachers) for k in ks)]
+        if bad:
+            raise ValueError(f"{len(bad)} training clip(s) with no teacher to learn from, e.g. clip {bad[0]}")
 
 
 @dataclass(frozen=True)
@@ -121,10 +135,16 @@ class Distiller:
 
     def __init__(self, teacher: nn.Module, teacher_fe: LogMelParams, student_fe: LogMelParams,
                  waves: np.ndarray, labels: np.ndarray, n_classes: int, sample_rate: int,
-                 cfg: DistilSection, seed: int, device: str | torch.device = "cpu"):
+                 cfg: DistilSection, seed: int, device: str | torch.device = "cpu", sources: Sources | None = None):
         from compression.devices import resolve_device
 
         self.teacher = teacher.eval()
+        self.sources = sources or Sources((self.teacher,), ((0,),) * len(waves))
+        if len(self.sources.of_clip) != len(waves):
+            raise ValueError(f"sources name teachers for {len(self.sources.of_clip)} clips, not the {len(waves)} "
+                             f"training clips")
+        for t in self.sources.teachers:
+            t.eval()
         self.device = resolve_device(device)  # training only: views, seeds and the cache stay on the CPU
         self.teacher_fe, self.student_fe, self.sample_rate = teacher_fe, student_fe, sample_rate
         self.views = Views(waves, labels, n_classes, sample_rate, student_fe, cfg, seed)
@@ -148,28 +168,48 @@ class Distiller:
         missing = [k for k, key in enumerate(keys) if key not in self.cache]
         if missing:
             x = features([views[k] for k in missing], self.teacher_fe, self.sample_rate)
-            with torch.inference_mode():
-                raw = self.teacher(x.to(self.device))
-            out = first_output(raw).cpu()
+            out, emb = self._teach(x, [self.sources.of_clip[keys[k][0]] for k in missing])
             self.teacher_calls += len(missing)
             for k, logits in zip(missing, out):
                 self.cache[keys[k]] = logits.clone()
-            if self.cfg.embedding_weight:  # _projection has checked that the teacher returns one
-                for k, emb in zip(missing, raw[1].cpu()):
-                    self.embeddings[keys[k]] = emb.clone()
+            if emb is not None:
+                for k, e in zip(missing, emb):
+                    self.embeddings[keys[k]] = e.clone()
         return torch.stack([self.cache[key] for key in keys])
+
+    def _teach(self, x: torch.Tensor, which: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The mean logits (and embeddings, with cfg.embedding_weight) of each row's teachers on ``x``."""
+        sums: list[torch.Tensor | None] = [None, None]
+        for t, model in enumerate(self.sources.teachers):
+            rows = [r for r, ks in enumerate(which) if t in ks]
+            if not rows:
+                continue
+            with torch.inference_mode():
+                raw = model(x[rows].to(self.device))
+            # _projection has checked that the teacher returns an embedding when one is matched
+            parts = (first_output(raw), raw[1] if self.cfg.embedding_weight else None)
+            for j, part in enumerate(parts):
+                if part is not None:
+                    if sums[j] is None:
+                        sums[j] = torch.zeros(len(which), *part.shape[1:])
+                    sums[j][rows] += part.cpu()
+        n = torch.tensor([len(ks) for ks in which], dtype=torch.float32)[:, None]
+        return sums[0] / n, (sums[1] / n if sums[1] is not None else None)
 
     def run(self, student: nn.Module, epochs: int, lr: float, desc: str) -> list[dict]:
         """``epochs`` of KD on ``self.device``; the student (and the teacher) are back on the CPU after."""
         if epochs == 0:
             return []
         student.to(self.device)
-        self.teacher.to(self.device)
+        teachers = {id(t): t for t in (self.teacher, *self.sources.teachers)}.values()
+        for t in teachers:
+            t.to(self.device)
         try:
             return self._epochs(student, epochs, lr, desc)
         finally:
             student.cpu()
-            self.teacher.cpu()
+            for t in teachers:
+                t.cpu()
 
     def _epochs(self, student: nn.Module, epochs: int, lr: float, desc: str) -> list[dict]:
         cfg, dev = self.cfg, self.device

@@ -24,11 +24,19 @@ class TeacherSection(StrictModel):
     huggingface: str | None = Field(None, description="or: a Hugging Face audio-classification model folder "
                                                       "(save_pretrained; AST-style log-mel extractor), read "
                                                       "locally; needs the [hf] extra")
+    out_of_fold: list[str] = Field(default_factory=list, description="teachers (`roadside teacher train "
+                                   "--holdout K/N`) whose outputs the student learns instead: each training "
+                                   "clip from the mean of those that never trained on it (their splits.json "
+                                   "says which), so its soft targets are what a teacher says of a clip it has "
+                                   "not heard; the teacher above stays the reference the gate measures against")
 
     @model_validator(mode="after")
     def _one_teacher(self) -> "TeacherSection":
         if (self.checkpoint is None) == (self.huggingface is None):
             raise ValueError("give exactly one of checkpoint or huggingface")
+        if self.out_of_fold and self.huggingface is not None:
+            raise ValueError("out_of_fold teachers share the reference teacher's front-end: give them beside a "
+                             "checkpoint, not a Hugging Face teacher")
         return self
 
 

@@ -111,10 +111,17 @@ def run(data: str | Path | None, out: Path, recipe_path: Path | None = None, *, 
     np.random.seed(recipe.seed)
 
     train_clips, val_clips = split_clips(us_root, recipe.val_fold)
+    held_out = []
+    if recipe.holdout is not None:  # an out-of-fold teacher: one part of the recordings is never heard
+        h = recipe.holdout
+        part = urbansound.deal_recordings(train_clips, h.parts, h.seed)
+        held_out = [c for c, k in zip(train_clips, part) if k == h.part]
+        train_clips = [c for c, k in zip(train_clips, part) if k != h.part]
     if recipe.max_clips:
         train_clips, val_clips = train_clips[:recipe.max_clips], val_clips[:recipe.max_clips]
-    log.info("training on %s (%d clips), validating on %s (%d clips), device %s",
-             ", ".join(sorted({c.fold for c in train_clips})), len(train_clips), recipe.val_fold, len(val_clips), dev)
+    log.info("training on %s (%d clips; %d held out), validating on %s (%d clips), device %s",
+             ", ".join(sorted({c.fold for c in train_clips})), len(train_clips), len(held_out), recipe.val_fold,
+             len(val_clips), dev)
     t0 = time.time()
     x_train, y_train, train_clips = clip_features(train_clips, "train")
     x_val, y_val, val_clips = clip_features(val_clips, "val")
@@ -139,7 +146,9 @@ def run(data: str | Path | None, out: Path, recipe_path: Path | None = None, *, 
     train_logits = finetune.predict(model, x_train)
     final = classification_report(y_val.numpy(), val_logits.argmax(1).numpy(), labels)
     report = _report(recipe, train_clips, val_clips, zero_shot, final, history, t_features, t_train, dev)
-    _write_folder(out, model, recipe, report, us_root, ckpt_path, train_clips, val_clips, train_logits, val_logits)
+    report["held_out_clips"] = len(held_out)
+    _write_folder(out, model, recipe, report, us_root, ckpt_path, train_clips, val_clips, train_logits, val_logits,
+                  held_out)
     return report
 
 
@@ -171,7 +180,8 @@ def _load_recipe(recipe_path: Path | None, overrides: dict) -> TeacherRecipe:
 
 
 def _write_folder(out: Path, model: MN, recipe: TeacherRecipe, report: dict, us_root: Path, ckpt_path: Path,
-                  train_clips: list, val_clips: list, train_logits: torch.Tensor, val_logits: torch.Tensor) -> None:
+                  train_clips: list, val_clips: list, train_logits: torch.Tensor, val_logits: torch.Tensor,
+                  held_out: list) -> None:
     """The checkpoint, its logits, the exact splits, the report and plots, and the manifest over them all."""
     labels, final = list(urbansound.LABELS), report["fine_tuned"]
     save_checkpoint(model, out / "teacher.pt", labels)
@@ -179,8 +189,8 @@ def _write_folder(out: Path, model: MN, recipe: TeacherRecipe, report: dict, us_
     np.savez_compressed(out / "teacher_logits.npz",
                         train_paths=np.array(rel(train_clips)), train_logits=train_logits.numpy(),
                         val_paths=np.array(rel(val_clips)), val_logits=val_logits.numpy())
-    write_json({"val_fold": recipe.val_fold, "train": rel(train_clips), "val": rel(val_clips)},
-               out / "splits.json")
+    write_json({"val_fold": recipe.val_fold, "train": rel(train_clips), "val": rel(val_clips),
+                "held_out": rel(held_out)}, out / "splits.json")
     write_json(report, out / "report.json")
     plot_confusion(final["confusion"], labels, out / "confusion.png",
                    f"noise teacher, {recipe.val_fold}: accuracy {final['accuracy']:.3f}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from agent.schema import StrictModel
 
@@ -25,6 +25,21 @@ class AugmentSection(StrictModel):
     time_roll: bool = Field(True, description="random circular shift in time (events can start anywhere)")
 
 
+class HoldoutSection(StrictModel):
+    """One of the teachers a student's ``teacher.out_of_fold`` reads: trained without one part of the
+    training clips, so that its outputs there are those of a model that never heard them."""
+    parts: int = Field(ge=2, description="how many parts the training folds' recordings are dealt into "
+                                         "(whole recordings, each class spread evenly over the parts)")
+    part: int = Field(ge=0, description="the part left out of training (0 .. parts - 1)")
+    seed: int = Field(0, description="seeds the deal; teachers that share it partition the same way")
+
+    @model_validator(mode="after")
+    def _part_in_range(self) -> "HoldoutSection":
+        if self.part >= self.parts:
+            raise ValueError(f"part {self.part} is not one of 0 .. {self.parts - 1}")
+        return self
+
+
 class TeacherRecipe(StrictModel):
     task: Literal["noise"] = Field("noise", description="which task the teacher is for")
     checkpoint: str = Field("audioset-mn04/mn04_as_mAP_432.pt",
@@ -40,4 +55,6 @@ class TeacherRecipe(StrictModel):
                               description="parameter-name prefixes kept frozen, e.g. ['features.0']")
     ema_decay: float = Field(0.98, ge=0, lt=1, description="weight EMA per step; 0 = off (the EMA is kept)")
     augment: AugmentSection = AugmentSection()
+    holdout: HoldoutSection | None = Field(None, description="leave one part of the training clips out "
+                                           "(their paths go to splits.json `held_out`); none = train on all")
     max_clips: int | None = Field(None, ge=1, description="use only the first N clips of each split (smoke runs)")

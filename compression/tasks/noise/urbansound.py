@@ -133,6 +133,21 @@ def list_clips(root: str | Path, folds: Sequence[str] | None = None) -> ClipList
     return ClipList(clips, skipped)
 
 
+def deal_recordings(clips: Sequence[Clip], parts: int, seed: int = 0) -> list[int]:
+    """The part (0 .. parts - 1) of each clip: whole recordings (fsID) are dealt round the parts in a
+    seeded order, class by class, so no recording is split and every part gets its share of each class."""
+    by_class: dict[int, set[str]] = {}
+    for c in clips:  # a recording belongs to the class of its first clip (one class in all but a few)
+        if not any(c.fsid in ids for ids in by_class.values()):
+            by_class.setdefault(c.label, set()).add(c.fsid)
+    rng = np.random.default_rng(seed)
+    part_of, k = {}, 0
+    for label in sorted(by_class):
+        for fsid in rng.permutation(sorted(by_class[label])):
+            part_of[str(fsid)], k = k % parts, k + 1  # k runs on across classes: the parts stay level
+    return [part_of[c.fsid] for c in clips]
+
+
 def available_folds(root: str | Path) -> list[str]:
     """Folds (folder names, "" for the root itself) that hold at least one clip, in natural order."""
     folds = {fold for fold, path in _candidate_files(Path(root)) if _NAME.match(path.name)}
