@@ -36,7 +36,7 @@ from compression.latency import per_second_of_audio
 from compression.manifest import sha256_file, sha256_json
 from compression.tasks.noise import teacher as noise_teacher
 from compression.tasks.noise import urbansound
-from compression.tasks.noise.distil import Distiller
+from compression.tasks.noise.distil import Distiller, Sources
 from compression.tasks.noise.evaluate import evaluate_noise
 from compression.tasks.noise.recipe import CompressionRecipe
 from compression.tasks.noise.students import BUILDERS
@@ -144,7 +144,7 @@ class Run:
     teacher_identity: dict = field(default_factory=dict)  # the manifest's inputs: which teacher
     calib: np.ndarray | None = None  # student log-mel of the calibration clips
     history: list = field(default_factory=list)
-    sources: object = None  # distil.Sources: each clip's teachers, when not the reference teacher alone
+    sources: Sources | None = None  # each clip's teachers, when not the reference teacher alone
     teacher_folds: set = field(default_factory=set)  # folds the KD teachers trained on besides the reference's
 
     @property
