@@ -18,7 +18,7 @@ from agent.features.audio import LogMelParams
 
 from compression.manifest import sha256_file
 from compression.tasks.noise.distil import Sources
-from compression.tasks.noise.teacher import load_checkpoint
+from compression.tasks.noise.teacher import folds_of, load_checkpoint
 
 
 @dataclass
@@ -32,7 +32,7 @@ class OutOfFold:
         return [{"teacher": f"{p.parent.name}/{p.name}", "teacher_sha256": sha256_file(p)} for p in self.paths]
 
     def folds(self) -> set[str]:
-        return {Path(c).parts[0] for heard in self.heard for c in heard if len(Path(c).parts) > 1}
+        return set(folds_of(set().union(*self.heard)))
 
     def sources(self, clips: list, root: Path) -> Sources:
         """Each clip's teachers: those that did not train on it (every clip needs one)."""

@@ -79,7 +79,12 @@ def training_folds(checkpoint: Path | str) -> list[str] | None:
     splits = Path(checkpoint).parent / "splits.json"
     if not splits.is_file():
         return None
-    return sorted({Path(p).parts[0] for p in json.loads(splits.read_text())["train"] if len(Path(p).parts) > 1})
+    return folds_of(json.loads(splits.read_text())["train"])
+
+
+def folds_of(clips) -> list[str]:
+    """The folds of clip paths written relative to the data root (``fold1/…``); clips in the root have none."""
+    return sorted({Path(p).parts[0] for p in clips if len(Path(p).parts) > 1})
 
 
 def split_clips(root: Path, val_fold: str) -> tuple[list, list]:
