@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
+from agent.schema import ConfigError
 from compression import prune
 from compression.tasks.noise.chain import _example, prune_stage
 from compression.recipe import load_recipe
@@ -87,3 +89,51 @@ def test_only_a_residual_block_can_be_dropped_and_a_drop_takes_no_keep_fractions
         reconstruct.apply_plan(student, x, reconstruct.widths(student), _plan({13: {"drop": True}}))
     with pytest.raises(ValidationError, match="drop: true removes the whole block"):
         _plan({14: {"drop": True, "keep": 0.5}})
+
+
+def _cut_and_retrain(retrain: str) -> tuple[dict, dict, torch.nn.Module]:
+    """The state of a random slim student before and after a one-step planned cut and one KD epoch
+    (BatchNorm statistics allowed to move, so that only ``retrain`` can keep them)."""
+    from agent.features.audio import LogMelParams
+    from compression.tasks.noise.distil import Distiller, features, Views
+
+    student, recipe = _slim()
+    recipe = load_recipe(REPO / "compression" / "recipes" / "noise_170k.yaml", **{
+        "prune.retrain": retrain, "prune.steps": 1, "prune.final_epochs": 1, "distil.freeze_bn": False,
+        "distil.batch_size": 4, "prune.plan.blocks": {12: {"keep": 0.5}, 14: {"drop": True}}})
+    fe = LogMelParams.from_dict(recipe.student.frontend)
+    rng = np.random.default_rng(0)
+    waves, labels = (0.1 * rng.standard_normal((8, 16000))).astype(np.float32), np.arange(8) % 10
+
+    class Teacher(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x), 10)
+
+    distiller = Distiller(Teacher(), fe, fe, waves, labels, 10, 16000, recipe.distil, seed=0)
+    views = Views(waves, labels, 10, 16000, fe, recipe.distil, seed=0)
+    calib = features([views(i, 0) for i in range(8)], fe, 16000).numpy()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    prune_stage(student, recipe, _example(recipe.student.frontend, 1.0), calib, distiller,
+                sum(p.numel() for p in student.parameters()))
+    return before, student.state_dict(), student
+
+
+def test_retraining_from_the_cut_leaves_the_blocks_before_it_as_they_were():
+    """``prune.retrain: from_cut``: after a cut that starts at block 12, KD trains blocks 12 on and the head;
+    blocks 0-11 keep their weights and BatchNorm statistics exactly, and are trainable again afterwards.
+    With ``all`` (the default) the same cut moves them."""
+    before, after, student = _cut_and_retrain("from_cut")
+    early = [k for k in before if k.startswith(tuple(f"body.features.{i}." for i in range(12)))]
+    assert early and all(torch.equal(before[k], after[k]) for k in early)
+    assert not torch.equal(before["body.features.13.block.1.0.weight"], after["body.features.13.block.1.0.weight"])
+    assert all(p.requires_grad for p in student.parameters())
+
+    before, after, _ = _cut_and_retrain("all")
+    assert not all(torch.equal(before[k], after[k]) for k in early)
+    assert not torch.equal(before["body.features.3.block.1.1.running_mean"],
+                           after["body.features.3.block.1.1.running_mean"])
+
+
+def test_retraining_from_the_cut_needs_a_plan_to_know_where_the_cut_starts():
+    with pytest.raises(ConfigError, match="prune: .*retrain: from_cut trains from the first block the plan changes"):
+        load_recipe(SHIPPED_RECIPE, **{"prune.retrain": "from_cut"})

@@ -11,6 +11,7 @@ eval`` runs) on the same held-out clips. Intermediate checkpoints, with their li
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -361,9 +362,27 @@ def prune_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib
                                                                cfg.max_layer_ratio, student.pruning_protected())}
         last = k == len(targets) - 1
         epochs = cfg.final_epochs if last and cfg.final_epochs is not None else cfg.epochs_per_step
-        history += distiller.run(student, epochs, cfg.lr, f"prune{k + 1}")
+        with _fixed_before_cut(student, cfg):
+            history += distiller.run(student, epochs, cfg.lr, f"prune{k + 1}")
         log_steps.append(info)
     return log_steps, history
+
+
+@contextlib.contextmanager
+def _fixed_before_cut(student, cfg):
+    """With ``prune.retrain: from_cut``, the blocks before the first one the plan changes are not trained
+    while the KD after a cut runs (their weights and BatchNorm statistics stay the distilled student's)."""
+    fixed = []
+    if cfg.retrain == "from_cut":
+        first = min(cfg.plan.blocks, default=len(student.body.features) - 1)  # no block listed: the embedding on
+        fixed = [p for p in student.body.features[:first].parameters() if p.requires_grad]
+    for p in fixed:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in fixed:
+            p.requires_grad_(True)
 
 
 def qat_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib: np.ndarray, distiller: Distiller,

@@ -122,12 +122,13 @@ def features(views: list[View], params: LogMelParams, source_rate: int) -> torch
 
 
 def train_mode(model: nn.Module, freeze_bn: bool) -> None:
-    """Training mode, with BatchNorm layers left in eval mode (fixed statistics) when ``freeze_bn``."""
+    """Training mode, with BatchNorm layers left in eval mode (fixed statistics) when ``freeze_bn``, and
+    those whose weights are not trained (``requires_grad`` off) always: a frozen layer stays as it was."""
     model.train()
-    if freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and \
+                (freeze_bn or not any(p.requires_grad for p in m.parameters())):
+            m.eval()
 
 
 class Distiller:

@@ -125,6 +125,18 @@ class PruneSection(PruneBase):
                                                           "(uniform fractions; not used with a plan)")
     plan: PrunePlan | None = Field(None, description="reconstruct only: per-block fractions, reached in `steps` "
                                                      "geometric steps; the budget gate checks the result")
+    retrain: Literal["all", "from_cut"] = Field(
+        "all", description="what the KD after each cut trains: all = the whole student; from_cut = only the "
+                           "blocks from the first one the plan changes on, and the head (the blocks before keep "
+                           "the distilled student's weights, so ~1,000 clips re-teach what the cut changed "
+                           "without moving the pretrained features under it); needs a plan")
+
+    @model_validator(mode="after")
+    def _from_cut_needs_plan(self) -> "PruneSection":
+        if self.retrain == "from_cut" and (self.plan is None or self.method != "reconstruct"):
+            raise ValueError("retrain: from_cut trains from the first block the plan changes: give a plan "
+                             "(method reconstruct)")
+        return self
 
 
 class CompressionRecipe(RecipeBase):
