@@ -6,7 +6,8 @@ engine. Where a model comes from is recorded beside its numbers (``lineage``):
 
 - the shipped artefact ``agent/models/<task>/`` (its manifest says which precision it is);
 - the compression run that produced it: a folder under ``runs/`` holding a file with the
-  shipped model's exact sha256 (so its teacher and other stages are that run's, not a
+  shipped model's exact sha256, or its work folder, whose shipped stage gives those bytes once
+  stamped with the feature contract (so its teacher and other stages are that run's, not a
   guess); the pipelines name them ``teacher.onnx``, ``pruned_fp32.onnx`` / ``student_fp32.onnx``,
   ``int8_cpu.onnx`` / ``student_int8.onnx``, ``int8_tensorrt.onnx``;
 - a teacher committed under ``compression/teachers/weights/`` whose ``teacher.pt`` has the sha256
@@ -69,20 +70,40 @@ def shipped(task: str) -> tuple[Path, dict, dict]:
 
 @lru_cache(maxsize=None)
 def run_folder(task: str) -> Path | None:
-    """The runs/ folder of the compression run that produced the shipped model (same sha256), if kept.
+    """The runs/ folder of the compression run that produced the shipped model, if kept.
 
-    Several folders can hold the same bytes (repeated runs of one recipe, a copy of the shipped
+    It holds the shipped bytes (same sha256), or it is the run's work folder: there the shipped
+    stage (``report.shipped.cpu``, e.g. ``int8_cpu.onnx``) lies as the chain left it, before it
+    stamped the feature contract into the copy it shipped; stamped the same way here, it must give
+    the shipped bytes. Several folders can match (repeated runs of one recipe, a copy of the shipped
     folder): the pipeline's default work folder runs/<recipe name> is preferred, then a folder
     with the run's teacher.onnx, then the first in name order.
     """
-    folder, manifest, _ = shipped(task)
+    folder, manifest, report = shipped(task)
     target = manifest["files"][_target(manifest)]["sha256"]
+    stage_file = f"{report.get('shipped', {}).get('cpu', '')}.onnx"
     runs = REPO / "runs"
-    found = [onnx.parent for onnx in (sorted(runs.glob("**/*.onnx")) if runs.is_dir() else [])
-             if len(onnx.relative_to(runs).parts) <= 3 and onnx.stat().st_size < 200 << 20 and sha256(onnx) == target]
+    candidates = [onnx for onnx in (sorted(runs.glob("**/*.onnx")) if runs.is_dir() else [])
+                  if len(onnx.relative_to(runs).parts) <= 3 and onnx.stat().st_size < 200 << 20]
+    found = [onnx.parent for onnx in candidates
+             if sha256(onnx) == target or (onnx.name == stage_file and _stamped_sha256(onnx, folder / _target(manifest))
+                                           == target)]
     named = runs / str(manifest.get("recipe", {}).get("name") or manifest.get("name"))
     ranked = sorted(dict.fromkeys(found), key=lambda d: (d != named, not (d / "teacher.onnx").is_file()))
     return ranked[0] if ranked else None
+
+
+def _stamped_sha256(onnx: Path, shipped_model: Path) -> str | None:
+    """sha256 of ``onnx`` once it carries the shipped model's feature contract, as the chain ships it."""
+    import tempfile
+
+    from compression.export import read_contract, stamp_contract
+
+    contract = read_contract(shipped_model)
+    if contract is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return sha256(stamp_contract(onnx, contract, Path(tmp) / onnx.name))
 
 
 def _target(manifest: dict) -> str:
