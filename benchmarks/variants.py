@@ -159,7 +159,8 @@ def resolve(task: str, variant: str, tmp: Path, calibration: Callable[[], np.nda
     if variant in ("student_fp32", "student_fp16_trt"):
         path, lineage = (model, "shipped") if precision == "fp32" else (in_run(FP32_NAMES), from_run)
         if path is None:
-            raise Unavailable(f"{task}: the shipped model is {precision} and no run folder holds its FP32 stage")
+            raise Unavailable(f"{task}: the shipped model is {precision} and no run folder holds its FP32 stage "
+                              "(the rebuild that makes one: docs/evaluation.md, Benchmarks)")
         trt = variant == "student_fp16_trt"
         return Variant(f"student {'fp16 (TensorRT)' if trt else 'fp32'}", path, frontend,
                        student_params or onnx_params(path), lineage, tensorrt=trt)
