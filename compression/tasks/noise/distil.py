@@ -126,9 +126,10 @@ def train_mode(model: nn.Module, freeze_bn: bool) -> None:
     those whose weights are not trained (``requires_grad`` off) always: a frozen layer stays as it was."""
     model.train()
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and \
-                (freeze_bn or not any(p.requires_grad for p in m.parameters())):
-            m.eval()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            weights = list(m.parameters())  # none without affine: then only freeze_bn decides
+            if freeze_bn or (weights and not any(p.requires_grad for p in weights)):
+                m.eval()
 
 
 class Distiller:
