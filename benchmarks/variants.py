@@ -85,23 +85,25 @@ def run_folder(task: str) -> Path | None:
     runs = REPO / "runs"
     candidates = [onnx for onnx in (sorted(runs.glob("**/*.onnx")) if runs.is_dir() else [])
                   if len(onnx.relative_to(runs).parts) <= 3 and onnx.stat().st_size < 200 << 20]
+    contract = None
+    if any(c.name == stage_file for c in candidates):  # a work folder may be among them
+        from compression.export import read_contract
+
+        contract = read_contract(folder / _target(manifest))
     found = [onnx.parent for onnx in candidates
-             if sha256(onnx) == target or (onnx.name == stage_file and _stamped_sha256(onnx, folder / _target(manifest))
-                                           == target)]
+             if sha256(onnx) == target or (onnx.name == stage_file and contract is not None
+                                           and _stamped_sha256(onnx, contract) == target)]
     named = runs / str(manifest.get("recipe", {}).get("name") or manifest.get("name"))
     ranked = sorted(dict.fromkeys(found), key=lambda d: (d != named, not (d / "teacher.onnx").is_file()))
     return ranked[0] if ranked else None
 
 
-def _stamped_sha256(onnx: Path, shipped_model: Path) -> str | None:
+def _stamped_sha256(onnx: Path, contract: dict) -> str:
     """sha256 of ``onnx`` once it carries the shipped model's feature contract, as the chain ships it."""
     import tempfile
 
-    from compression.export import read_contract, stamp_contract
+    from compression.export import stamp_contract
 
-    contract = read_contract(shipped_model)
-    if contract is None:
-        return None
     with tempfile.TemporaryDirectory() as tmp:
         return sha256(stamp_contract(onnx, contract, Path(tmp) / onnx.name))
 

@@ -53,8 +53,8 @@ def test_the_least_squares_pruner_refuses_a_student_it_cannot_re_fit():
         prune_stage(student, recipe, _example(recipe.student.frontend, 4.0), None, None, 83_738)
 
 
-def _slim():
-    recipe = load_recipe(REPO / "compression" / "recipes" / "noise_170k.yaml")
+def _slim(**overrides):
+    recipe = load_recipe(REPO / "compression" / "recipes" / "noise_170k.yaml", **overrides)
     torch.manual_seed(0)
     return BUILDERS["slim_teacher"](MN(n_classes=10).eval(), 10, 103, recipe.student), recipe
 
@@ -97,8 +97,7 @@ def _cut_and_retrain(retrain: str) -> tuple[dict, dict, torch.nn.Module]:
     from agent.features.audio import LogMelParams
     from compression.tasks.noise.distil import Distiller, features, Views
 
-    student, recipe = _slim()
-    recipe = load_recipe(REPO / "compression" / "recipes" / "noise_170k.yaml", **{
+    student, recipe = _slim(**{
         "prune.retrain": retrain, "prune.steps": 1, "prune.final_epochs": 1, "distil.freeze_bn": False,
         "distil.batch_size": 4, "prune.plan.blocks": {12: {"keep": 0.5}, 14: {"drop": True}}})
     fe = LogMelParams.from_dict(recipe.student.frontend)
