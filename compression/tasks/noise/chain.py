@@ -343,6 +343,11 @@ def prune_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib
     planned = cfg.method == "reconstruct" and cfg.plan is not None
     targets = [0] * cfg.steps if planned else prune.step_targets(params, cfg.target_params, cfg.steps)
     widths = None
+    mimic = None
+    if cfg.mimic_weight:
+        from compression.tasks.noise.mimic import Mimic
+
+        mimic = Mimic(student, cfg.mimic_weight)  # the whole student, before the first cut
     for k, target in enumerate(targets):
         before = prune.count(student, example)
         if cfg.method == "reconstruct":
@@ -363,7 +368,7 @@ def prune_stage(student, recipe: CompressionRecipe, example: torch.Tensor, calib
         last = k == len(targets) - 1
         epochs = cfg.final_epochs if last and cfg.final_epochs is not None else cfg.epochs_per_step
         with _fixed_before_cut(student, cfg):
-            history += distiller.run(student, epochs, cfg.lr, f"prune{k + 1}")
+            history += distiller.run(student, epochs, cfg.lr, f"prune{k + 1}", mimic=mimic)
         log_steps.append(info)
     return log_steps, history
 

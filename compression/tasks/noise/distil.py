@@ -8,11 +8,13 @@ is drawn; the teacher's logits are cached per view and paid for once. A clip may
 other teachers than the reference (``Sources``): out-of-fold teachers that never heard it.
 
 Loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, mixup labels)
-       [+ embedding_weight * (1 - cos(W s_emb, t_emb)), W a linear map trained with the student, then dropped].
+       [+ embedding_weight * (1 - cos(W s_emb, t_emb)), W a linear map trained with the student, then dropped]
+       [+ after a cut, prune.mimic_weight * the relative error against the whole student's map: ``mimic``].
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from tqdm import tqdm
 from agent.features.audio import LogMelParams, band_centres_hz, frame_centres_s, log_mel
 from agent.features.resample import resample
 
+from compression.tasks.noise.mimic import Mimic
 from compression.tasks.noise.recipe import DistilSection
 from compression.distillation import distillation_loss
 from compression.schedule import ema_update, optimise, warmup_cosine
@@ -198,22 +201,27 @@ class Distiller:
         n = torch.tensor([len(ks) for ks in which], dtype=torch.float32)[:, None]
         return sums[0] / n, (sums[1] / n if sums[1] is not None else None)
 
-    def run(self, student: nn.Module, epochs: int, lr: float, desc: str) -> list[dict]:
-        """``epochs`` of KD on ``self.device``; the student (and the teacher) are back on the CPU after."""
+    def run(self, student: nn.Module, epochs: int, lr: float, desc: str, mimic: Mimic | None = None) -> list[dict]:
+        """``epochs`` of KD on ``self.device``; the student (and the teacher) are back on the CPU after.
+        ``mimic`` adds matching the whole student's map (``compression.tasks.noise.mimic``) to the loss."""
         if epochs == 0:
             return []
         student.to(self.device)
         teachers = {id(t): t for t in (self.teacher, *self.sources.teachers)}.values()
         for t in teachers:
             t.to(self.device)
+        watching = mimic.to(self.device).watching(student) if mimic is not None else contextlib.nullcontext()
         try:
-            return self._epochs(student, epochs, lr, desc)
+            with watching:
+                return self._epochs(student, epochs, lr, desc, mimic)
         finally:
             student.cpu()
             for t in teachers:
                 t.cpu()
+            if mimic is not None:
+                mimic.to("cpu")
 
-    def _epochs(self, student: nn.Module, epochs: int, lr: float, desc: str) -> list[dict]:
+    def _epochs(self, student: nn.Module, epochs: int, lr: float, desc: str, mimic: Mimic | None) -> list[dict]:
         cfg, dev = self.cfg, self.device
         params = [p for p in student.parameters() if p.requires_grad]
         project = self._projection(student) if cfg.embedding_weight else None
@@ -230,7 +238,7 @@ class Distiller:
             v = self.epochs_done % cfg.views_per_clip
             order = torch.randperm(n, generator=gen).tolist()
             train_mode(student, cfg.freeze_bn)
-            losses = []
+            losses, mimicked = [], []
             bar = tqdm(range(0, n, cfg.batch_size), desc=f"{desc} {epoch + 1}/{epochs}", unit="batch", leave=False)
             for s in bar:
                 keys = [(i, v) for i in order[s:s + cfg.batch_size]]
@@ -245,6 +253,10 @@ class Distiller:
                 if project is not None:
                     target = torch.stack([self.embeddings[key] for key in keys]).to(dev)
                     loss = loss + cfg.embedding_weight * embedding_loss(project(out[1]), target)
+                if mimic is not None:
+                    term = mimic.loss(keys, x)
+                    mimicked.append(term.item())
+                    loss = loss + term
                 optimise(opt, loss, losses, bar)
                 if cfg.ema_decay:
                     if ema is None:
@@ -254,7 +266,10 @@ class Distiller:
                 step += 1
             self.epochs_done += 1
             history.append({"run": desc, "epoch": epoch + 1, "train_loss": float(np.mean(losses))})
-            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['train_loss']:.4f}")
+            if mimicked:  # its share of train_loss
+                history[-1]["mimic_loss"] = float(np.mean(mimicked))
+            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['train_loss']:.4f}"
+                       + (f" (mimic {history[-1]['mimic_loss']:.4f})" if mimicked else ""))
         if ema is not None:
             student.load_state_dict(ema.state_dict())
         return history

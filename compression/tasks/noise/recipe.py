@@ -130,12 +130,20 @@ class PruneSection(PruneBase):
                            "blocks from the first one the plan changes on, and the head (the blocks before keep "
                            "the distilled student's weights, so ~1,000 clips re-teach what the cut changed "
                            "without moving the pretrained features under it); needs a plan")
+    mimic_weight: float = Field(0.0, ge=0, description="weight of matching, position by position, the map the "
+                                "whole distilled student (before the cut) hands its embedding layer, on top of "
+                                "the teacher's logits, in the KD after each cut (relative squared error: 1 = a "
+                                "map of zeros): the cut blocks learn what the ones they replace computed "
+                                "(compression/tasks/noise/mimic.py); method reconstruct only; 0 = off")
 
     @model_validator(mode="after")
     def _from_cut_needs_plan(self) -> "PruneSection":
         if self.retrain == "from_cut" and (self.plan is None or self.method != "reconstruct"):
             raise ValueError("retrain: from_cut trains from the first block the plan changes: give a plan "
                              "(method reconstruct)")
+        if self.mimic_weight and self.method != "reconstruct":
+            raise ValueError("mimic_weight matches the slimmed teacher's embedding input, which only method "
+                             "reconstruct keeps in shape: use it with method reconstruct")
         return self
 
 
