@@ -137,7 +137,7 @@ class PruneSection(PruneBase):
                                 "(compression/tasks/noise/mimic.py); method reconstruct only; 0 = off")
 
     @model_validator(mode="after")
-    def _from_cut_needs_plan(self) -> "PruneSection":
+    def _cut_options_need_reconstruct(self) -> "PruneSection":
         if self.retrain == "from_cut" and (self.plan is None or self.method != "reconstruct"):
             raise ValueError("retrain: from_cut trains from the first block the plan changes: give a plan "
                              "(method reconstruct)")
