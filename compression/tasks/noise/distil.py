@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -238,7 +239,7 @@ class Distiller:
             v = self.epochs_done % cfg.views_per_clip
             order = torch.randperm(n, generator=gen).tolist()
             train_mode(student, cfg.freeze_bn)
-            losses, mimicked = [], []
+            losses, mimicked, started = [], [], time.perf_counter()
             bar = tqdm(range(0, n, cfg.batch_size), desc=f"{desc} {epoch + 1}/{epochs}", unit="batch", leave=False)
             for s in bar:
                 keys = [(i, v) for i in order[s:s + cfg.batch_size]]
@@ -265,7 +266,8 @@ class Distiller:
                         ema_update(ema, student, cfg.ema_decay)
                 step += 1
             self.epochs_done += 1
-            history.append({"run": desc, "epoch": epoch + 1, "train_loss": float(np.mean(losses))})
+            history.append({"run": desc, "epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                            "seconds": round(time.perf_counter() - started, 2)})  # where a run's time goes, per device
             if mimicked:  # its share of train_loss
                 history[-1]["mimic_loss"] = float(np.mean(mimicked))
             tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]['train_loss']:.4f}"
