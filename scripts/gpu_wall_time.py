@@ -71,6 +71,10 @@ def prepare(data: Path, dest: Path, val_fold: str, train_per_class: int, val_per
     train = pick([c for f in folds if f.name != val_fold for c in f.iterdir()], train_per_class, seed)
     val = pick(list((src / val_fold).iterdir()), val_per_class, seed)
     if dest.exists():
+        foreign = sorted(p.name for p in dest.iterdir() if p.name not in ("data", "wheels"))
+        if foreign:  # never delete a folder this script did not make
+            raise SystemExit(f"prepare: {dest} holds {foreign[:3]}, not an earlier prepare's data/ and wheels/: "
+                             f"choose another --dest")
         shutil.rmtree(dest)
     for clip in train + val:
         target = dest / "data" / "urbansound8k" / clip.parent.name / clip.name

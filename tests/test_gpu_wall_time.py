@@ -56,13 +56,18 @@ def test_prepare_keeps_each_clips_fold_and_takes_the_gate_fold_only_as_validatio
         assert all((root / "urbansound8k" / fold / n).is_file() for n in names)
 
 
-def test_prepare_refuses_a_carry_that_would_not_travel_and_data_without_the_gate_fold(tmp_path, monkeypatch):
+def test_prepare_refuses_an_oversized_carry_data_without_the_gate_fold_and_a_folder_it_did_not_make(tmp_path, monkeypatch):
     root = _fake_folds(tmp_path / "data", {"fold1": 3, "fold2": 3})
     monkeypatch.setattr(gwt, "TREE_LIMIT", 1000)  # smaller than the repository itself
     with pytest.raises(SystemExit, match=r"exceed the 0 MiB one call carries: ask for fewer clips per class"):
         gwt.prepare(root, tmp_path / "carry", "fold2", 3, 1, 0, wheels=False)
     with pytest.raises(SystemExit, match=r"needs fold9 and at least one training fold"):
         gwt.prepare(root, tmp_path / "carry", "fold9", 3, 1, 0, wheels=False)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.md").write_text("keep me")
+    with pytest.raises(SystemExit, match=r"holds \['notes.md'\], not an earlier prepare's"):
+        gwt.prepare(root, tmp_path / "mine", "fold2", 3, 1, 0, wheels=False)
+    assert (tmp_path / "mine" / "notes.md").read_text() == "keep me"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the cuda run would succeed")
