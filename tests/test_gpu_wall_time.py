@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -56,7 +60,7 @@ def test_prepare_keeps_each_clips_fold_and_takes_the_gate_fold_only_as_validatio
         assert all((root / "urbansound8k" / fold / n).is_file() for n in names)
 
 
-def test_prepare_refuses_an_oversized_carry_data_without_the_gate_fold_and_a_folder_it_did_not_make(tmp_path, monkeypatch):
+def test_prepare_refuses_an_oversized_carry_data_without_the_gate_fold_and_a_folder_not_its_own(tmp_path, monkeypatch):
     root = _fake_folds(tmp_path / "data", {"fold1": 3, "fold2": 3})
     monkeypatch.setattr(gwt, "TREE_LIMIT", 1000)  # smaller than the repository itself
     with pytest.raises(SystemExit, match=r"exceed the 0 MiB one call carries: ask for fewer clips per class"):
@@ -88,3 +92,26 @@ def test_run_times_the_real_chain_on_the_cpu_and_reports_a_device_it_cannot_use(
     assert json.loads((tmp_path / "out" / "gpu_wall_time.json").read_text()) == result
     assert result["threads"] == 1 and result["cuda"] is False
     assert any(re.fullmatch(r"prune\.plan\.blocks=.*14: \{drop: true\}.*", a) for a in result["chain"])
+
+
+def test_the_carried_wheels_are_installed_beside_the_image_and_importable_by_the_chains_python(tmp_path):
+    """What `run --wheels` does first on the lent machine (whose image lacks pydantic and friends), with a
+    one-module wheel made here: installed into a site of its own, found through PYTHONPATH, repo first."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    info = "carried_probe-1.0.dist-info"
+    files = {"carried_probe/__init__.py": "VALUE = 7\n",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: carried-probe\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(wheels / "carried_probe-1.0-py3-none-any.whl", "w") as whl:
+        for name, text in files.items():
+            whl.writestr(name, text)
+    gwt._install(wheels, tmp_path / "site")
+    env = gwt._environment(tmp_path / "site")
+    code = "import carried_probe, agent; print(carried_probe.VALUE, agent.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          check=True)
+    value, agent_file = done.stdout.split()
+    assert value == "7" and Path(agent_file).is_relative_to(REPO)
+    assert env["PYTHONPATH"].split(os.pathsep)[:2] == [str(REPO), str(tmp_path / "site")]
