@@ -13,7 +13,7 @@ accuracies, the torch and GPU it saw) and each run's log under ``--out``. Both r
 seed and CPU threads, so only where training runs differs. The chain is the depth plan's noise recipe
 (docs/noise.md: its 6 distillation and 40 post-cut KD epochs) without the INT8 and engine stages, on the
 subset (350 training clips, 60 of fold 2: what fits in one call beside the tree). On so few clips the gate
-refuses the model (exit 3), which this check expects: it measures time, not accuracy. This file needs
+refuses the model (exit 3), which this check expects: it measures time, not accuracy. ``run`` needs
 only the standard library: it runs before the wheels are installed.
 """
 
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,6 @@ WHEELS = ["pydantic==2.14.3", "pydantic-core==2.50.4", "annotated-types==0.8.0",
           "torch-pruning==1.6.1", "soundfile==0.14.0", "cffi==2.1.1", "pycparser==3.12"]
 DEVICE_PYTHON = "3.12"  # the image's python3
 TREE_LIMIT = 64 * 2**20  # what one call may carry, the working tree included
-CLIP = re.compile(r"^\d+-(\d)-\d+-\d+\.(flac|wav)$")
 DEPTH_PLAN = "{11: {se_keep: 0.25}, 12: {se_keep: 0.25}, 13: {se_keep: 0.25}, 14: {drop: true}, 15: {drop: true}}"
 CHAIN = ["--recipe", "compression/recipes/noise_170k.yaml",
          "--set", "teacher.checkpoint=compression/teachers/weights/noise-mn04/teacher.pt",
@@ -46,14 +44,12 @@ CHAIN = ["--recipe", "compression/recipes/noise_170k.yaml",
 GATE_REFUSED = 3  # roadside compress's exit status when the gate refuses the model: expected here
 
 
-def pick(clips: list[Path], per_class: int, seed: int) -> list[Path]:
-    """``per_class`` clips of every class (all of a class that has fewer), drawn with ``seed`` from the
-    sorted list, so the same data folder always gives the same subset."""
-    by_class: dict[str, list[Path]] = {}
-    for c in sorted(clips):
-        m = CLIP.match(c.name)
-        if m:
-            by_class.setdefault(m[1], []).append(c)
+def pick(clips: list, per_class: int, seed: int) -> list[Path]:
+    """``per_class`` clips (``urbansound.Clip``) of every class (all of a class that has fewer), drawn with
+    ``seed`` from the sorted list, so the same data folder always gives the same subset; their paths."""
+    by_class: dict[int, list[Path]] = {}
+    for c in sorted(clips, key=lambda c: c.path):
+        by_class.setdefault(c.label, []).append(c.path)
     rng = random.Random(seed)
     return sorted(p for label in sorted(by_class)
                   for p in rng.sample(by_class[label], min(per_class, len(by_class[label]))))
@@ -63,13 +59,14 @@ def prepare(data: Path, dest: Path, val_fold: str, train_per_class: int, val_per
             wheels: bool) -> dict:
     """Copy the subset into ``dest/data/urbansound8k/<fold>/`` and download the wheels into ``dest/wheels``;
     refuses a result that would not travel (working tree + ``dest`` over 64 MiB)."""
-    src = data / "urbansound8k" if (data / "urbansound8k").is_dir() else data
-    folds = sorted(p for p in src.iterdir() if p.is_dir() and p.name.startswith("fold"))
-    if not any(f.name == val_fold for f in folds) or len(folds) < 2:
-        raise SystemExit(f"prepare: {src} needs {val_fold} and at least one training fold "
-                         f"(has {[f.name for f in folds]})")
-    train = pick([c for f in folds if f.name != val_fold for c in f.iterdir()], train_per_class, seed)
-    val = pick(list((src / val_fold).iterdir()), val_per_class, seed)
+    from compression.tasks.noise import urbansound  # here, with the project installed (run needs none of it)
+
+    clips = urbansound.list_clips(urbansound.find_root(data))
+    folds = sorted({c.fold for c in clips})
+    if val_fold not in folds or len(folds) < 2:
+        raise SystemExit(f"prepare: {data} needs {val_fold} and at least one training fold (has {folds})")
+    train = pick([c for c in clips if c.fold != val_fold], train_per_class, seed)
+    val = pick([c for c in clips if c.fold == val_fold], val_per_class, seed)
     if dest.exists():
         foreign = sorted(p.name for p in dest.iterdir() if p.name not in ("data", "wheels"))
         if foreign:  # never delete a folder this script did not make
