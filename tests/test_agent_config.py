@@ -43,6 +43,12 @@ def test_typo_in_a_rule_is_refused_with_its_dotted_key(tmp_path):
     assert any("tasks.noise.rule.cooldwn_s" in p and p.startswith("line ") for p in err.problems)
 
 
+def test_an_empty_model_path_is_refused_with_its_key_not_a_crash(tmp_path):
+    # pydantic's path_type error once broke re-raising a task's errors under its name (a KeyError)
+    err = _bad(tmp_path, "    model: agent/models/noise/model.onnx", "    model:")
+    assert any("tasks.noise.model" in p and "not a valid path" in p for p in err.problems)
+
+
 def test_release_above_threshold_is_refused(tmp_path):
     err = _bad(tmp_path, "siren: {threshold: 0.5}", "siren: {threshold: 0.5, release: 0.7}")
     assert any("tasks.noise.rule.classes.siren" in p and "release" in p for p in err.problems)

@@ -81,8 +81,11 @@ class TasksSection(StrictModel):
                 try:
                     out[name] = known[name].config.model_validate(entry)
                 except ValidationError as e:  # re-raised below with the task's name in front of each key
-                    errors += [InitErrorDetails(type=d["type"], loc=(name, *d["loc"]), input=d["input"],
-                                                ctx=d.get("ctx") or {}) for d in e.errors()]
+                    # as custom errors of the same type and message: pydantic's own Python-side types
+                    # (path_type, ...) are unknown to from_exception_data and would raise a KeyError
+                    errors += [InitErrorDetails(
+                        type=PydanticCustomError(d["type"], "{message}", {"message": d["msg"]}),
+                        loc=(name, *d["loc"]), input=d["input"]) for d in e.errors()]
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return out
